@@ -1,0 +1,3 @@
+"""rangecps: semi-supervised LiDAR semantic segmentation in the range view."""
+
+__version__ = "0.1.0"

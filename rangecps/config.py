@@ -1,0 +1,260 @@
+"""Typed run configuration: flat YAML files loaded into dataclasses.
+
+A config file holds the sections below; it may name at most one ``base:`` file (a path relative to itself), whose
+values it overrides section by section. The base may not have a base of its own: one level, no chains.
+
+Every key is checked: an unknown or misspelled key is a :class:`ConfigError` naming the key and the file (with a
+suggestion), and every value is checked against the dataclass field's type. ``--set section.key=value`` overrides
+go through the same checks. Values that follow from others (the number of classes from the label map, the total
+number of steps from the epochs) are not configurable: they are computed where they are needed and written into the
+resolved config that every run records (:func:`to_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Dataset = Literal[
+    "semantickitti", "scribblekitti", "nuscenes", "synthetic_kitti", "synthetic_scribblekitti", "synthetic_nuscenes"
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema. The message names the file and the key."""
+
+
+@dataclass
+class AugmentConfig:
+    """Train-time augmentations applied to labeled and unlabeled scans before projection."""
+
+    rotate: bool = True  # random yaw in [0, 2 pi)
+    flip: bool = True  # random mirror across the x and/or y axis
+    scale: tuple[float, float] = (0.95, 1.05)  # uniform scaling range
+    jitter: float = 0.0  # std (m) of gaussian noise on xyz
+    dropout: float = 0.0  # share of points dropped at random
+
+
+@dataclass
+class DataConfig:
+    dataset: Dataset = "synthetic_kitti"
+    root: str = "data/synthetic_kitti"
+    labels: str = "10%"  # labeled share: the published list on real datasets at 1/10/20/50 %, else seeded sampler
+    split_seed: int = 0
+    batch_size: int = 2  # labeled scans per step and process
+    unlabeled_batch_size: int = 2  # unlabeled scans per step and process (CPS methods)
+    num_workers: int = 2
+    # None: the dataset's native range image (64x2048 KITTI, 32x1920 nuScenes); set only for CPU-sized runs.
+    height: int | None = None
+    width: int | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["fidnet", "cenet"] = "fidnet"
+    width: float = 1.0  # channel multiplier of the backbone (1.0 = 128 channels, the published size)
+
+
+@dataclass
+class LossConfig:
+    ce: float = 1.0
+    lovasz: float = 3.0
+    boundary: float = 0.0
+    class_weights: bool = True  # CE weights 1 / (frequency + eps) from the training labels
+    cps: float = 1.0  # lambda of the cross pseudo supervision term
+    cps_threshold: float = 0.0  # pseudo-labels below this confidence are ignored (0 keeps all)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    pct_start: float = 0.2
+    div_factor: float = 25.0
+    final_div_factor: float = 100.0
+    grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
+
+
+@dataclass
+class TrainConfig:
+    method: Literal["sup_only", "cps", "cps_lasermix"] = "cps"
+    epochs: int = 50
+    max_steps: int | None = None  # stop early (CPU-sized runs); total steps still follow from epochs otherwise
+    seed: int = 0
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    val_every: int = 1000
+    log_every: int = 20
+    ckpt_every: int = 1000
+
+
+@dataclass
+class EvalConfig:
+    knn: bool = True
+    knn_k: int = 5
+    knn_search: int = 5
+    knn_sigma: float = 1.0
+    knn_cutoff: float = 1.0
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(options)})"
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` converted to ``tp`` where that is lossless (int -> float, list -> tuple), else raise."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} does not fit {tp}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a nested dict, checking every key and value."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{where}'{_suggest(str(key), names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, source, f"{where}.")
+        else:
+            kwargs[key] = _check_type(value, tp, f"{source}: {where}")
+    return cls(**kwargs)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``section.key=value`` into the key path and the YAML-parsed value (``0.01`` -> float, ``true``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Load ``path`` (and its one ``base:``), apply ``--set`` overrides, and return the checked :class:`Config`.
+
+    ``path`` None gives the defaults. Errors name the file (``--set`` for overrides) and the offending key.
+    """
+    values: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        values = _read_yaml(path)
+        base = values.pop("base", None)
+        if base is not None:
+            base_path = (path.parent / str(base)).resolve()
+            base_values = _read_yaml(base_path)
+            if "base" in base_values:
+                raise ConfigError(f"{base_path}: a base config may not name a base of its own (one level only)")
+            _build(Config, base_values, str(base_path))
+            values = _merge(base_values, values)
+    config = _build(Config, values, source)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        config = _build(Config, _merge(to_dict(config), nested), "--set")
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain YAML-able data (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(config))
+
+
+def from_dict(values: dict[str, Any], source: str = "<checkpoint>") -> Config:
+    """Rebuild a :class:`Config` from :func:`to_dict` output (e.g. the copy saved in a checkpoint)."""
+    return _build(Config, values, source)
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False)
