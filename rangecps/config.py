@@ -24,7 +24,12 @@ from typing import Any, Literal
 import yaml
 
 Dataset = Literal[
-    "semantickitti", "scribblekitti", "nuscenes", "synthetic_kitti", "synthetic_scribblekitti", "synthetic_nuscenes"
+    "semantickitti",
+    "scribblekitti",
+    "nuscenes",
+    "synthetic_kitti",
+    "synthetic_scribblekitti",
+    "synthetic_nuscenes",
 ]
 
 
@@ -47,7 +52,9 @@ class AugmentConfig:
 class DataConfig:
     dataset: Dataset = "synthetic_kitti"
     root: str = "data/synthetic_kitti"
-    labels: str = "10%"  # labeled share: the published list on real datasets at 1/10/20/50 %, else seeded sampler
+    labels: str = (
+        "10%"  # labeled share: the published list on real datasets at 1/10/20/50 %, else seeded sampler
+    )
     split_seed: int = 0
     batch_size: int = 2  # labeled scans per step and process
     unlabeled_batch_size: int = 2  # unlabeled scans per step and process (CPS methods)
@@ -89,7 +96,9 @@ class OptimConfig:
 class TrainConfig:
     method: Literal["sup_only", "cps", "cps_lasermix"] = "cps"
     epochs: int = 50
-    max_steps: int | None = None  # stop early (CPU-sized runs); total steps still follow from epochs otherwise
+    max_steps: int | None = (
+        None  # stop early (CPU-sized runs); total steps still follow from epochs otherwise
+    )
     seed: int = 0
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool = True
@@ -146,14 +155,18 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        return tuple(
+            _check_type(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+    if tp in (int, float, str, bool) and not (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
 
@@ -193,7 +206,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -225,7 +240,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
             base_path = (path.parent / str(base)).resolve()
             base_values = _read_yaml(base_path)
             if "base" in base_values:
-                raise ConfigError(f"{base_path}: a base config may not name a base of its own (one level only)")
+                raise ConfigError(
+                    f"{base_path}: a base config may not name a base of its own (one level only)"
+                )
             _build(Config, base_values, str(base_path))
             values = _merge(base_values, values)
     config = _build(Config, values, source)

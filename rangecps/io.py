@@ -54,7 +54,9 @@ class Scan:
     def __post_init__(self) -> None:
         n = len(self.points)
         if self.points.ndim != 2 or self.points.shape[1] != 4 or self.points.dtype != np.float32:
-            raise ValueError(f"Scan.points must be (N, 4) float32, got {self.points.shape} {self.points.dtype}")
+            raise ValueError(
+                f"Scan.points must be (N, 4) float32, got {self.points.shape} {self.points.dtype}"
+            )
         for name in ("ring", "labels"):
             value = getattr(self, name)
             if value is not None and value.shape != (n,):

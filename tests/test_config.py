@@ -27,7 +27,7 @@ def test_unknown_key_names_file_and_suggests(tmp_path: Path) -> None:
 
 def test_unknown_section(tmp_path: Path) -> None:
     f = write(tmp_path / "a.yaml", "trian:\n  epochs: 3\n")
-    with pytest.raises(ConfigError, match="unknown key 'trian'.*'train'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'trian'.*'train'"):
         load_config(f)
 
 
@@ -49,11 +49,11 @@ def test_int_widens_to_float_and_lists_to_tuples(tmp_path: Path) -> None:
 def test_overrides_are_type_checked(tmp_path: Path) -> None:
     cfg = load_config(None, ["optim.lr=0.002", "data.augment.flip=false", "train.max_steps=7"])
     assert cfg.optim.lr == 0.002 and cfg.data.augment.flip is False and cfg.train.max_steps == 7
-    with pytest.raises(ConfigError, match="--set: train.epochs: expected int"):
+    with pytest.raises(ConfigError, match=r"--set: train\.epochs: expected int"):
         load_config(None, ["train.epochs=abc"])
-    with pytest.raises(ConfigError, match="--set: unknown key 'train.epoch'"):
+    with pytest.raises(ConfigError, match=r"--set: unknown key 'train\.epoch'"):
         load_config(None, ["train.epoch=3"])
-    with pytest.raises(ConfigError, match="expected section.key=value"):
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
         load_config(None, ["train.epochs"])
 
 
@@ -75,7 +75,7 @@ def test_bad_key_in_base_names_base(tmp_path: Path) -> None:
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nothere.yaml: config file not found"):
+    with pytest.raises(ConfigError, match=r"nothere\.yaml: config file not found"):
         load_config(tmp_path / "nothere.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path / "bad.yaml", "train: [1,\n"))

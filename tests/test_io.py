@@ -61,7 +61,7 @@ def test_label_count_mismatch(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(io.ScanFormatError, match="nope.bin: KITTI point file not found"):
+    with pytest.raises(io.ScanFormatError, match=r"nope\.bin: KITTI point file not found"):
         io.read_kitti_points(tmp_path / "nope.bin")
 
 

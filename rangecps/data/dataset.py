@@ -1,0 +1,177 @@
+"""The torch dataset of range images, and the collate function that batches it.
+
+A sample is one scan read from disk, augmented (training only), projected and normalised. Its keys:
+
+| key            | dtype, shape          | meaning                                                              |
+|----------------|-----------------------|----------------------------------------------------------------------|
+| ``input``      | float32 (C, H, W)     | C = 6: range, x, y, z, intensity (normalised), mask; 0 where empty |
+| ``label``      | int64 (H, W)          | train id of the point that won each pixel; 0 = ignore or empty       |
+| ``mask``       | bool (H, W)           | the pixel holds a point                                              |
+| ``rows``       | int64 (N,)            | pixel row of every point (occluded ones included); -1 without pixel  |
+| ``cols``       | int64 (N,)            | pixel column of every point; -1 without pixel                       |
+| ``depth``      | float32 (N,)          | range of every point (m)                                             |
+| ``point_label``| int64 (N,)            | train id of every point; 0 = ignore (also for unlabeled scans)       |
+| ``num_points`` | int                   | N                                                                    |
+| ``index``      | int                   | position in the dataset                                             |
+| ``scan_id``    | str                   | ``SS/NNNNNN`` or the nuScenes sample token                           |
+
+:func:`collate` stacks the images to (B, ...) and pads the per-point arrays to the longest scan of the batch
+(rows/cols -1, depth -1, labels 0), so ``num_points`` (B,) tells where each scan's points end.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rangecps.atomic import atomic_write
+from rangecps.data.augment import Compose
+from rangecps.data.index import Geometry, ScanRecord, read_scan
+from rangecps.io import Scan
+from rangecps.labels import LabelMap
+from rangecps.projection import Projection, gather_channels, pixel_labels, project_rings, project_spherical
+
+CHANNELS = ("range", "x", "y", "z", "intensity", "mask")
+NORMALISED = CHANNELS[:5]
+
+
+@dataclass(frozen=True)
+class InputStats:
+    """Per-channel mean and std of range, x, y, z, intensity over the training scans, and the number of training
+    points of each train class (for class weights; index 0 counts ignored points)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_scans: int = 0
+    class_counts: tuple[int, ...] = ()
+
+    def save(self, path: str | Path) -> None:
+        data = {
+            "channels": list(NORMALISED),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "scans": self.num_scans,
+            "class_counts": list(self.class_counts),
+        }
+        with atomic_write(path, "w") as f:
+            json.dump(data, f, indent=1)
+
+    @classmethod
+    def load(cls, path: str | Path) -> InputStats:
+        data = json.loads(Path(path).read_text())
+        if data.get("channels") != list(NORMALISED) or any(s <= 0 for s in data["std"]):
+            raise ValueError(f"{path}: statistics must list channels {NORMALISED} with positive std")
+        return cls(
+            tuple(data["mean"]),
+            tuple(data["std"]),
+            int(data.get("scans", 0)),
+            tuple(int(c) for c in data.get("class_counts", ())),
+        )
+
+
+def project_scan(scan: Scan, geometry: Geometry) -> Projection:
+    """Project a scan onto the range image of ``geometry`` (rings for nuScenes, pitch otherwise)."""
+    if geometry.rings:
+        if scan.ring is None:
+            raise ValueError(f"{scan.meta.get('points', 'scan')}: ring-based projection needs ring indices")
+        return project_rings(scan.points, scan.ring, height=geometry.height, width=geometry.width)
+    return project_spherical(
+        scan.points,
+        height=geometry.height,
+        width=geometry.width,
+        fov_up=geometry.fov_up,
+        fov_down=geometry.fov_down,
+    )
+
+
+class RangeDataset(Dataset):
+    """Scans of one split as range-image samples (see the module docstring for the keys).
+
+    Args:
+        root: dataset root.
+        records: the scans, from a :class:`~rangecps.data.index.DatasetIndex`.
+        file_format: ``"kitti"`` or ``"nuscenes"``.
+        geometry: range-image size and projection.
+        label_map: converts raw labels to train ids; None reads no labels (unlabeled stream).
+        stats: normalisation statistics.
+        augment: train-time transforms, or None.
+        seed: base seed; item ``i`` in epoch ``e`` draws from ``default_rng([seed, e, i])``, so augmentations do not
+            depend on which worker loads the item.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        records: list[ScanRecord],
+        file_format: str,
+        geometry: Geometry,
+        label_map: LabelMap | None,
+        stats: InputStats,
+        augment: Compose | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.root = Path(root)
+        self.records = list(records)
+        self.file_format = file_format
+        self.geometry = geometry
+        self.label_map = label_map
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.mean = np.asarray(stats.mean, np.float32).reshape(5, 1, 1)
+        self.inv_std = (1.0 / np.asarray(stats.std, np.float32)).reshape(5, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        record = self.records[i]
+        scan = read_scan(self.root, record, self.file_format, self.label_map)
+        if self.augment is not None and self.augment.transforms:
+            scan = self.augment(scan, np.random.default_rng([self.seed, self.epoch, i]))
+        proj = project_scan(scan, self.geometry)
+        image = gather_channels(scan.points, proj)
+        mask = proj.mask
+        image[:5] = (image[:5] - self.mean) * self.inv_std * mask
+        labels = scan.labels if scan.labels is not None else np.zeros(scan.num_points, np.int64)
+        pixel_label = pixel_labels(labels, proj)
+        return {
+            "input": torch.from_numpy(image),
+            "label": torch.from_numpy(pixel_label),
+            "mask": torch.from_numpy(mask),
+            "rows": torch.from_numpy(proj.rows.astype(np.int64)),
+            "cols": torch.from_numpy(proj.cols.astype(np.int64)),
+            "depth": torch.from_numpy(proj.depth),
+            "point_label": torch.from_numpy(labels),
+            "num_points": scan.num_points,
+            "index": i,
+            "scan_id": record.scan_id,
+        }
+
+
+_PAD = {"rows": -1, "cols": -1, "depth": -1.0, "point_label": 0}
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch samples: images stacked to (B, ...), per-point arrays padded to (B, N_max)."""
+    out: dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in ("input", "label", "mask")}
+    n_max = max(s["num_points"] for s in samples)
+    for key, fill in _PAD.items():
+        first = samples[0][key]
+        padded = torch.full((len(samples), n_max), fill, dtype=first.dtype)
+        for b, s in enumerate(samples):
+            padded[b, : s["num_points"]] = s[key]
+        out[key] = padded
+    out["num_points"] = torch.tensor([s["num_points"] for s in samples])
+    out["index"] = torch.tensor([s["index"] for s in samples])
+    out["scan_id"] = [s["scan_id"] for s in samples]
+    return out

@@ -1,0 +1,361 @@
+"""The training loop, written out: data, nets, optimisers, AMP, DDP, validation, checkpoints, logs.
+
+Run folder layout::
+
+    config.yaml        the resolved config, derived values included (classes, steps, world size, revision)
+    splits/            labeled.txt and unlabeled.txt: the exact scans of this run
+    metrics.jsonl      one JSON line per logged step and per validation
+    tb/                TensorBoard scalars
+    last.pt, best.pt   atomic checkpoints (best: highest validation range-pixel mIoU)
+    summary.json       final figures
+
+Learning rate under DDP: ``optim.lr`` is used as given whatever the number of processes; the global batch is
+``world_size x data.batch_size``. The published recipe's lr 0.01 belongs to its global batch; scale it linearly
+(``--set optim.lr=...``) when the global batch differs much.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from rangecps import dist
+from rangecps.atomic import atomic_write
+from rangecps.checkpoint import code_revision, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from rangecps.config import Config, dump_yaml, to_dict
+from rangecps.cps import METHODS, cps_step
+from rangecps.data.build import DataBundle, build_data
+from rangecps.data.dataset import CHANNELS, collate
+from rangecps.data.loader import semi_supervised_loader
+from rangecps.eval.metrics import ConfusionMatrix
+from rangecps.losses import class_weights
+from rangecps.models import build_model
+
+# Keys that may differ between a checkpoint's config and the resuming one: they change when and what is logged
+# or how long to go on, not what is computed.
+RESUMABLE_CHANGES = {"train.max_steps", "train.val_every", "train.log_every", "train.ckpt_every"}
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp``: ``auto`` is bf16 on CUDA GPUs that support it, else fp16 on CUDA,
+    and off on CPU."""
+    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    fa, fb = _flatten(a), _flatten(b)
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
+def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+    out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if channels_last:
+        out["input"] = out["input"].contiguous(memory_format=torch.channels_last)
+    return out
+
+
+@torch.no_grad()
+def validate(
+    nets: list[nn.Module],
+    data: DataBundle,
+    device: torch.device,
+    amp: torch.dtype | None,
+    info: dist.DistInfo,
+    batch_size: int,
+    num_workers: int,
+) -> dict[str, float]:
+    """Range-pixel mIoU of every net on the validation split (fast; point-level figures come from evaluation).
+
+    Each process takes every ``world``-th scan; confusion matrices are summed over processes.
+    """
+    ds = data.dataset("val")
+    ds.records = ds.records[info.rank :: info.world]
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate
+    )
+    cms = [ConfusionMatrix(data.num_classes) for _ in nets]
+    for net in nets:
+        net.eval()
+    for batch in loader:
+        batch = to_device(batch, device, False)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            for net, cm in zip(nets, cms, strict=True):
+                pred = net(batch["input"])[:, 1:].argmax(1) + 1  # class 0 (ignore) is never predicted
+                cm.update(batch["label"][batch["mask"]], pred[batch["mask"]])
+    for net in nets:
+        net.train()
+    out = {}
+    for name, cm in zip("ab", cms, strict=False):
+        cm.all_reduce(device)
+        out[f"miou_{name}"] = cm.get_mean_iou()
+    return out
+
+
+class RunLog:
+    """Rank-0 logging: ``metrics.jsonl`` lines and TensorBoard scalars."""
+
+    def __init__(self, out_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tb"))
+            self.file = open(out_dir / "metrics.jsonl", "a")
+
+    def log(self, step: int, values: dict[str, float], prefix: str) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, **{f"{prefix}/{k}": v for k, v in values.items()}}) + "\n")
+        self.file.flush()
+        for k, v in values.items():
+            self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            self.writer.close()
+
+
+def train(
+    cfg: Config, out_dir: str | Path, resume: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Train ``cfg`` into ``out_dir``; ``resume`` is None, ``"auto"`` (``out_dir/last.pt`` if present) or a path.
+
+    Returns the summary (also written to ``summary.json``).
+    """
+    out_dir = Path(out_dir)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    info = dist.setup(device.type)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.manual_seed(cfg.train.seed)
+    main = info.is_main
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        data = build_data(cfg, progress)  # the first process makes / prepares the dataset, the others wait
+    if info.enabled:
+        torch.distributed.barrier()
+    if not main:
+        data = build_data(cfg, progress=False)
+
+    n_nets = METHODS[cfg.train.method]
+    labeled_ids = data.split.labeled
+    unlabeled_ids = data.split.unlabeled if n_nets == 2 and data.split.unlabeled else None
+    if n_nets == 2 and unlabeled_ids is None:
+        # At 100 % labels CPS still learns from pseudo-labels: the labeled scans serve as the unlabeled stream.
+        unlabeled_ids = labeled_ids
+    labeled_ds = data.dataset("train", labeled_ids, augment=cfg.data.augment, seed=cfg.train.seed)
+    unlabeled_ds = (
+        data.dataset("train", unlabeled_ids, labels=False, augment=cfg.data.augment, seed=cfg.train.seed + 1)
+        if unlabeled_ids is not None
+        else None
+    )
+    loader = semi_supervised_loader(
+        labeled_ds,
+        unlabeled_ds,
+        cfg.data.batch_size,
+        cfg.data.unlabeled_batch_size,
+        cfg.data.num_workers,
+        cfg.train.seed,
+        info.rank,
+        info.world,
+    )
+    total_steps = cfg.train.epochs * loader.steps_per_epoch
+    stop_step = min(total_steps, cfg.train.max_steps or total_steps)
+
+    amp = amp_dtype(cfg.train.amp, device)
+    channels_last = cfg.train.channels_last and device.type == "cuda"
+    nets: list[nn.Module] = []
+    for k in range(n_nets):  # CPS: one architecture, two initialisations
+        net = build_model(
+            cfg.model.name, len(CHANNELS), data.num_classes, cfg.model.width, seed=cfg.train.seed * 1000 + k
+        )
+        if info.enabled:
+            net = dist.convert_sync_batchnorm(net, device.type)
+        net = net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        nets.append(net)
+    opts = [
+        torch.optim.AdamW(
+            n.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+        )
+        for n in nets
+    ]
+    scheds = [
+        torch.optim.lr_scheduler.OneCycleLR(
+            o,
+            max_lr=cfg.optim.lr,
+            total_steps=total_steps,
+            pct_start=cfg.optim.pct_start,
+            anneal_strategy="cos",
+            div_factor=cfg.optim.div_factor,
+            final_div_factor=cfg.optim.final_div_factor,
+        )
+        for o in opts
+    ]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    weight = None
+    if cfg.loss.class_weights and data.stats.class_counts:
+        weight = class_weights(torch.tensor(data.stats.class_counts, dtype=torch.float64)).to(device)
+
+    resolved = to_dict(cfg)
+    derived = {
+        "num_classes": data.num_classes,
+        "in_channels": len(CHANNELS),
+        "height": data.geometry.height,
+        "width": data.geometry.width,
+        "steps_per_epoch": loader.steps_per_epoch,
+        "total_steps": total_steps,
+        "world_size": info.world,
+        "global_batch": cfg.data.batch_size * info.world,
+        "labeled_scans": len(labeled_ids),
+        "unlabeled_scans": len(data.split.unlabeled),
+        "split_source": data.split.source,
+        "revision": code_revision(),
+    }
+    step, best = 0, -1.0
+    ckpt_path = Path(resume) if resume not in (None, "auto") else out_dir / "last.pt"
+    if resume is not None and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, device)
+        changed = [k for k in config_differences(state["config"], resolved) if k not in RESUMABLE_CHANGES]
+        if changed:
+            raise ValueError(f"{ckpt_path}: cannot resume, the config differs in {', '.join(changed)}")
+        for obj, key in ((nets, "nets"), (opts, "optimizers"), (scheds, "schedulers")):
+            for o, s in zip(obj, state[key], strict=True):
+                o.load_state_dict(s)
+        if state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"], generator)
+        step, best = state["step"], state["best"]
+    elif resume not in (None, "auto"):
+        raise FileNotFoundError(f"{ckpt_path}: checkpoint to resume from not found")
+
+    if main:
+        with atomic_write(out_dir / "config.yaml", "w") as f:
+            f.write(dump_yaml({**resolved, "derived": derived}))
+        for name, ids in (("labeled", labeled_ids), ("unlabeled", data.split.unlabeled)):
+            with atomic_write(out_dir / "splits" / f"{name}.txt", "w") as f:
+                f.write("".join(f"{i}\n" for i in ids))
+    train_nets = [
+        DistributedDataParallel(n, device_ids=[device.index] if device.type == "cuda" else None)
+        if info.enabled
+        else n
+        for n in nets
+    ]
+    if cfg.train.compile:
+        train_nets = [torch.compile(n) for n in train_nets]
+
+    def checkpoint(path: Path) -> None:
+        save_checkpoint(
+            path,
+            {
+                "nets": [n.state_dict() for n in nets],
+                "optimizers": [o.state_dict() for o in opts],
+                "schedulers": [s.state_dict() for s in scheds],
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "step": step,
+                "best": best,
+                "rng": rng_state(generator),
+                "config": resolved,
+                "derived": derived,
+                "revision": derived["revision"],
+                "label_names": list(data.label_map.names),
+            },
+        )
+
+    log = RunLog(out_dir, main)
+    bar = tqdm(
+        total=stop_step,
+        initial=step,
+        desc=f"{cfg.train.method} {cfg.data.labels}",
+        disable=not (main and progress),
+        dynamic_ncols=True,
+    )
+    val: dict[str, float] = {}
+    start_time = time.time()
+    for net in nets:
+        net.train()
+    while step < stop_step:
+        epoch, offset = divmod(step, loader.steps_per_epoch)
+        loader.set_epoch(epoch, offset)
+        for labeled, unlabeled in loader:
+            labeled = to_device(labeled, device, channels_last)
+            unlabeled = to_device(unlabeled, device, channels_last) if unlabeled is not None else None
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                losses = cps_step(
+                    train_nets, labeled, unlabeled, cfg.train.method, cfg.loss, weight, generator
+                )
+            if not torch.isfinite(losses["loss"]):
+                raise FloatingPointError(
+                    f"step {step}: loss is {losses['loss'].item()}; lower optim.lr or use amp=bf16"
+                )
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            scaler.scale(losses["loss"]).backward()
+            for net, o in zip(nets, opts, strict=True):
+                if cfg.optim.grad_clip > 0:
+                    scaler.unscale_(o)
+                    nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
+                scaler.step(o)
+            scaler.update()
+            for s in scheds:
+                s.step()
+            step += 1
+            bar.update(1)
+            if step % cfg.train.log_every == 0 or step == stop_step:
+                values = {k: float(v) for k, v in losses.items()} | {
+                    "lr": scheds[0].get_last_lr()[0],
+                    "epoch": epoch,
+                }
+                bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}")
+                log.log(step, values, "train")
+            if step % cfg.train.val_every == 0 or step == stop_step:
+                val = validate(nets, data, device, amp, info, cfg.data.batch_size, cfg.data.num_workers)
+                log.log(step, val, "val")
+                score = max(val.values())
+                if main and score > best:
+                    best = score
+                    checkpoint(out_dir / "best.pt")
+            if main and (step % cfg.train.ckpt_every == 0 or step == stop_step):
+                checkpoint(out_dir / "last.pt")
+            if step >= stop_step:
+                break
+    bar.close()
+    log.close()
+    summary = {
+        "method": cfg.train.method,
+        "labels": cfg.data.labels,
+        "dataset": cfg.data.dataset,
+        "steps": step,
+        "total_steps": total_steps,
+        "seconds": round(time.time() - start_time, 1),
+        "val_pixel_miou": val,
+        "best_val_pixel_miou": best,
+        "revision": derived["revision"],
+    }
+    if main:
+        with atomic_write(out_dir / "summary.json", "w") as f:
+            json.dump(summary, f, indent=1)
+    dist.teardown()
+    return summary

@@ -1,0 +1,176 @@
+"""Dataset indexes, prep checks, range-image samples, augmentations and the semi-supervised loader."""
+
+import itertools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rangecps.config import AugmentConfig
+from rangecps.data import DATASETS
+from rangecps.data.augment import PointDropout, RandomFlip, RandomRotate, RandomScale, build_augment
+from rangecps.data.dataset import CHANNELS, RangeDataset, collate
+from rangecps.data.loader import RepeatedShardSampler, semi_supervised_loader
+from rangecps.data.prep import DatasetProblems, load_prepared, prepare
+from rangecps.io import Scan, write_kitti_labels
+from rangecps.labels import load_label_map
+
+
+def test_config_datasets_match_classes() -> None:
+    from typing import get_args
+
+    from rangecps.config import Dataset
+
+    assert set(get_args(Dataset)) == set(DATASETS)
+
+
+def test_prepare_kitti_writes_index_stats_and_nested_splits(synthetic_kitti: Path, tmp_path: Path) -> None:
+    index, stats, _ = prepare(DATASETS["synthetic_kitti"], synthetic_kitti, tmp_path, progress=False)
+    assert index.ids("train") == ["00/000000", "00/000001", "00/000002"]
+    assert index.ids("val") == ["08/000000", "08/000001", "08/000002"]
+    assert (tmp_path / "index.json").is_file() and (tmp_path / "stats.json").is_file()
+    assert len(stats.mean) == 5 and all(s > 0 for s in stats.std)
+    lists = [
+        set((tmp_path / "splits" / f"synthetic_kitti_{p}pct.txt").read_text().split())
+        for p in (1, 10, 20, 50)
+    ]
+    assert all(a <= b for a, b in itertools.pairwise(lists))
+    again, stats2 = load_prepared(DATASETS["synthetic_kitti"], synthetic_kitti, tmp_path)
+    assert again.splits == index.splits and stats2 == stats
+
+
+def test_scribble_dataset_trains_on_scribbles(synthetic_kitti: Path) -> None:
+    index = DATASETS["synthetic_scribblekitti"].build_index(synthetic_kitti)
+    assert all("/scribbles/" in r.labels for r in index.split("train"))
+    assert all("/labels/" in r.labels for r in index.split("val"))
+
+
+def test_broken_dataset_reports_every_problem(synthetic_kitti: Path, tmp_path: Path) -> None:
+    root = tmp_path / "broken"
+    shutil.copytree(synthetic_kitti, root)
+    seq = root / "sequences" / "00"
+    scan = seq / "velodyne" / "000000.bin"
+    scan.write_bytes(scan.read_bytes()[:-6])  # truncated
+    (seq / "labels" / "000001.label").unlink()  # missing label file
+    n = (seq / "velodyne" / "000002.bin").stat().st_size // 16
+    write_kitti_labels(seq / "labels" / "000002.label", np.full(n - 1, 40, np.uint16))  # count mismatch
+    shutil.rmtree(root / "sequences" / "08" / "labels")  # missing folder
+    with pytest.raises(DatasetProblems) as err:
+        prepare(DATASETS["synthetic_kitti"], root, tmp_path / "out", progress=False)
+    msg = str(err.value)
+    assert "000000.bin: size" in msg and "not a whole number" in msg
+    assert "000001.label: KITTI label file not found" in msg
+    assert "000002.label" in msg and "labels but the scan has" in msg
+    assert "08/labels: missing folder" in msg
+    assert not (tmp_path / "out" / "index.json").exists()
+
+
+def test_unknown_label_ids_are_reported(synthetic_kitti: Path, tmp_path: Path) -> None:
+    root = tmp_path / "unknown"
+    shutil.copytree(synthetic_kitti, root)
+    label = root / "sequences" / "00" / "labels" / "000000.label"
+    raw = np.fromfile(label, dtype=np.uint32)
+    raw[:5] = 77
+    raw.tofile(label)
+    with pytest.raises(DatasetProblems, match=r"000000.label: unknown label ids 77 \(5 points\)"):
+        prepare(DATASETS["synthetic_kitti"], root, tmp_path / "out", progress=False)
+
+
+def test_dataset_item_shapes_and_dtypes(synthetic_kitti: Path, tmp_path: Path) -> None:
+    cls = DATASETS["synthetic_kitti"]
+    index, stats, _ = prepare(cls, synthetic_kitti, tmp_path, progress=False)
+    ds = RangeDataset(
+        synthetic_kitti,
+        index.split("train"),
+        cls.file_format,
+        cls.geometry,
+        load_label_map(cls.label_map),
+        stats,
+        build_augment(AugmentConfig()),
+        seed=0,
+    )
+    item = ds[0]
+    n = item["num_points"]
+    assert item["input"].shape == (len(CHANNELS), 64, 2048) and item["input"].dtype == torch.float32
+    assert item["label"].shape == (64, 2048) and item["label"].dtype == torch.int64
+    assert item["mask"].dtype == torch.bool and item["mask"].float().mean() > 0.5
+    assert item["rows"].shape == item["cols"].shape == item["point_label"].shape == (n,)
+    assert item["depth"].dtype == torch.float32
+    assert torch.equal(item["input"][5], item["mask"].float())
+    assert (item["input"][:5][:, ~item["mask"]] == 0).all()
+    valid = item["rows"] >= 0
+    # The label image and the per-point labels agree for points that won their pixel.
+    win = item["label"][item["rows"][valid], item["cols"][valid]]
+    assert (win == item["point_label"][valid]).float().mean() > 0.7
+    # Same seed/epoch/index -> same augmentation; another epoch -> another one.
+    assert torch.equal(ds[0]["input"], item["input"])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[0]["input"], item["input"])
+    batch = collate([ds[0], ds[1]])
+    assert batch["input"].shape == (2, 6, 64, 2048)
+    n_max = int(batch["num_points"].max())
+    assert batch["rows"].shape == (2, n_max)
+    short = int(torch.argmin(batch["num_points"]))
+    assert (batch["rows"][short, batch["num_points"][short] :] == -1).all()
+
+
+def test_nuscenes_dataset_uses_rings(synthetic_nuscenes: Path, tmp_path: Path) -> None:
+    cls = DATASETS["synthetic_nuscenes"]
+    index, stats, _ = prepare(cls, synthetic_nuscenes, tmp_path, progress=False)
+    assert len(index.split("val")) == 4 and len(index.split("train")) == 2
+    ds = RangeDataset(
+        synthetic_nuscenes,
+        index.split("val"),
+        cls.file_format,
+        cls.geometry,
+        load_label_map(cls.label_map),
+        stats,
+    )
+    item = ds[0]
+    assert item["input"].shape == (6, 32, 1920)
+    assert item["label"].max() <= 16 and item["label"].max() > 0
+
+
+def test_augmentations_keep_labels_attached() -> None:
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(500, 4)).astype(np.float32) * 10
+    labels = rng.integers(1, 20, size=500)
+    pts[:, 3] = labels  # intensity carries the label: no transform changes intensity
+    scan = Scan(points=pts, ring=np.arange(500, dtype=np.int32) % 32, labels=labels)
+    for t in (RandomRotate(), RandomFlip(), RandomScale(0.9, 1.1), PointDropout(0.3)):
+        out = t(scan, np.random.default_rng(1))
+        np.testing.assert_array_equal(out.points[:, 3], out.labels)
+        assert len(out.ring) == len(out.points)
+    rot = RandomRotate()(scan, np.random.default_rng(2))
+    np.testing.assert_allclose(
+        np.linalg.norm(rot.points[:, :2], axis=1), np.linalg.norm(pts[:, :2], axis=1), rtol=1e-5
+    )
+    np.testing.assert_array_equal(rot.points[:, 2], pts[:, 2])
+    assert not np.allclose(rot.points[:, 0], pts[:, 0])
+
+
+def test_sampler_shards_one_global_stream() -> None:
+    full = RepeatedShardSampler(10, 24, seed=5)
+    shards = [list(RepeatedShardSampler(10, 24, seed=5, rank=r, world=2)) for r in range(2)]
+    stream = list(full)
+    assert shards[0] == stream[0::2] and shards[1] == stream[1::2]
+    assert sorted(stream[:10]) == list(range(10))  # each pass is a permutation
+    full.set_epoch(1)
+    assert list(full) != stream
+
+
+def test_semi_supervised_loader_covers_unlabeled_once(synthetic_kitti: Path, tmp_path: Path) -> None:
+    cls = DATASETS["synthetic_kitti"]
+    index, stats, _ = prepare(cls, synthetic_kitti, tmp_path, progress=False)
+    recs = index.split("train") + index.split("val")
+    lmap = load_label_map(cls.label_map)
+    lab = RangeDataset(synthetic_kitti, recs[:1], cls.file_format, cls.geometry, lmap, stats)
+    unl = RangeDataset(synthetic_kitti, recs[1:], cls.file_format, cls.geometry, None, stats)
+    loader = semi_supervised_loader(lab, unl, 1, 1, num_workers=0, seed=0)
+    pairs = list(loader)
+    assert len(loader) == len(pairs) == 5
+    assert sorted(int(u["index"][0]) for _, u in pairs) == list(range(5))
+    assert all(int(b["index"][0]) == 0 for b, _ in pairs)
+    assert all(int(u["point_label"].abs().sum()) == 0 for _, u in pairs)
