@@ -324,7 +324,7 @@ def train(
             step += 1
             bar.update(1)
             if step % cfg.train.log_every == 0 or step == stop_step:
-                values = {k: float(v) for k, v in losses.items()} | {
+                values = {k: float(v.detach()) for k, v in losses.items()} | {
                     "lr": scheds[0].get_last_lr()[0],
                     "epoch": epoch,
                 }
@@ -351,6 +351,7 @@ def train(
         "total_steps": total_steps,
         "seconds": round(time.time() - start_time, 1),
         "val_pixel_miou": val,
+        "rank": info.rank,
         "best_val_pixel_miou": best,
         "revision": derived["revision"],
     }
@@ -359,3 +360,11 @@ def train(
             json.dump(summary, f, indent=1)
     dist.teardown()
     return summary
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node=G -m rangecps.train --config ...
+    import sys
+
+    from rangecps.cli import train_main
+
+    sys.exit(train_main())

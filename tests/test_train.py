@@ -1,0 +1,133 @@
+"""The training engine: losses fall, resume is exact, DDP equals one process on the combined batch."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rangecps.checkpoint import load_checkpoint
+from rangecps.cli import train_main
+from rangecps.config import load_config
+from rangecps.train import train
+
+TINY = [
+    "data.width=128",
+    "model.width=0.125",
+    "data.num_workers=0",
+    "data.batch_size=1",
+    "data.unlabeled_batch_size=1",
+    "train.log_every=1",
+    "train.val_every=1000",
+    "data.labels=50%",
+]
+
+
+def tiny(root: Path, *extra: str):
+    return load_config(None, [f"data.root={root}", *TINY, *extra])
+
+
+def params(path: Path) -> list[dict[str, torch.Tensor]]:
+    return load_checkpoint(path)["nets"]
+
+
+def assert_same(
+    a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]], atol: float = 0.0
+) -> None:
+    assert len(a) == len(b)
+    for sa, sb in zip(a, b, strict=True):
+        for k in sa:
+            torch.testing.assert_close(sa[k], sb[k], atol=atol, rtol=0 if atol == 0 else 1e-4, msg=k)
+
+
+def test_loss_decreases(synthetic_kitti: Path, tmp_path: Path) -> None:
+    cfg = tiny(
+        synthetic_kitti,
+        "train.method=sup_only",
+        "train.epochs=10",
+        "train.max_steps=10",
+        "data.labels=100%",
+        "data.augment.rotate=false",
+        "data.augment.flip=false",
+    )
+    train(cfg, tmp_path / "run", progress=False)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    import json
+
+    losses = [json.loads(line)["train/loss"] for line in lines if "train/loss" in line]
+    assert len(losses) == 10
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    for name in ("config.yaml", "last.pt", "best.pt", "summary.json", "splits/labeled.txt"):
+        assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_resume_is_exact(synthetic_kitti: Path, tmp_path: Path) -> None:
+    base = ("train.method=cps_lasermix", "train.epochs=2")
+    train(tiny(synthetic_kitti, *base, "train.max_steps=4"), tmp_path / "straight", progress=False)
+    train(tiny(synthetic_kitti, *base, "train.max_steps=2"), tmp_path / "split", progress=False)
+    first = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert first["step"] == 2 and len(first["optimizers"]) == 2 and first["revision"]
+    train(
+        tiny(synthetic_kitti, *base, "train.max_steps=4"), tmp_path / "split", resume="auto", progress=False
+    )
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["step"] == 4
+    assert_same(params(tmp_path / "straight" / "last.pt"), params(tmp_path / "split" / "last.pt"))
+
+
+def test_resume_refuses_changed_config(synthetic_kitti: Path, tmp_path: Path) -> None:
+    train(tiny(synthetic_kitti, "train.method=sup_only", "train.max_steps=1"), tmp_path / "r", progress=False)
+    with pytest.raises(ValueError, match="cannot resume, the config differs in optim.lr"):
+        train(
+            tiny(synthetic_kitti, "train.method=sup_only", "optim.lr=0.5"),
+            tmp_path / "r",
+            resume="auto",
+            progress=False,
+        )
+
+
+def test_bad_config_is_refused_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  methd: cps\n")
+    assert train_main(["--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+    assert "bad.yaml: unknown key 'train.methd' (did you mean 'method'?)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert train_main(["--labels", "150%", "--out", str(tmp_path / "run")]) == 2
+    assert "must lie in (0%, 100%]" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_two_processes_equal_one_process(synthetic_kitti: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_kitti, root)  # its own prep folder: both runs read the same index
+    common = [
+        f"data.root={root}",
+        *TINY,
+        "train.method=cps",
+        "train.epochs=1",
+        "train.max_steps=2",
+        "data.augment.rotate=false",
+    ]
+    one = common + ["data.batch_size=2", "data.unlabeled_batch_size=2"]
+    train(load_config(None, one), tmp_path / "one", progress=False)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "rangecps.train",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "two"),
+    ]
+    for kv in common:
+        cmd += ["--set", kv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "two" / "last.pt")["derived"]["world_size"] == 2
+    assert_same(params(tmp_path / "one" / "last.pt"), params(tmp_path / "two" / "last.pt"), atol=1e-5)
