@@ -79,7 +79,7 @@ def test_resume_is_exact(synthetic_kitti: Path, tmp_path: Path) -> None:
 
 def test_resume_refuses_changed_config(synthetic_kitti: Path, tmp_path: Path) -> None:
     train(tiny(synthetic_kitti, "train.method=sup_only", "train.max_steps=1"), tmp_path / "r", progress=False)
-    with pytest.raises(ValueError, match="cannot resume, the config differs in optim.lr"):
+    with pytest.raises(ValueError, match=r"cannot resume, the config differs in optim\.lr"):
         train(
             tiny(synthetic_kitti, "train.method=sup_only", "optim.lr=0.5"),
             tmp_path / "r",
@@ -110,7 +110,7 @@ def test_ddp_two_processes_equal_one_process(synthetic_kitti: Path, tmp_path: Pa
         "train.max_steps=2",
         "data.augment.rotate=false",
     ]
-    one = common + ["data.batch_size=2", "data.unlabeled_batch_size=2"]
+    one = [*common, "data.batch_size=2", "data.unlabeled_batch_size=2"]
     train(load_config(None, one), tmp_path / "one", progress=False)
     cmd = [
         sys.executable,
