@@ -87,7 +87,7 @@ def validate(
 
     Each process takes every ``world``-th scan; confusion matrices are summed over processes.
     """
-    ds = data.dataset("val")
+    ds = data.dataset("val", with_points=False)
     ds.records = ds.records[info.rank :: info.world]
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate
@@ -165,9 +165,18 @@ def train(
     if n_nets == 2 and unlabeled_ids is None:
         # At 100 % labels CPS still learns from pseudo-labels: the labeled scans serve as the unlabeled stream.
         unlabeled_ids = labeled_ids
-    labeled_ds = data.dataset("train", labeled_ids, augment=cfg.data.augment, seed=cfg.train.seed)
+    labeled_ds = data.dataset(
+        "train", labeled_ids, augment=cfg.data.augment, seed=cfg.train.seed, with_points=False
+    )
     unlabeled_ds = (
-        data.dataset("train", unlabeled_ids, labels=False, augment=cfg.data.augment, seed=cfg.train.seed + 1)
+        data.dataset(
+            "train",
+            unlabeled_ids,
+            labels=False,
+            augment=cfg.data.augment,
+            seed=cfg.train.seed + 1,
+            with_points=False,
+        )
         if unlabeled_ids is not None
         else None
     )

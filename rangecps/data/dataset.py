@@ -16,7 +16,8 @@ A sample is one scan read from disk, augmented (training only), projected and no
 | ``scan_id``    | str                   | ``SS/NNNNNN`` or the nuScenes sample token                           |
 
 :func:`collate` stacks the images to (B, ...) and pads the per-point arrays to the longest scan of the batch
-(rows/cols -1, depth -1, labels 0), so ``num_points`` (B,) tells where each scan's points end.
+(rows/cols -1, depth -1, labels 0), so ``num_points`` (B,) tells where each scan's points end. Training datasets
+are built with ``with_points=False`` and carry the pixel keys only.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class RangeDataset(Dataset):
         augment: train-time transforms, or None.
         seed: base seed; item ``i`` in epoch ``e`` draws from ``default_rng([seed, e, i])``, so augmentations do not
             depend on which worker loads the item.
+        with_points: return the per-point arrays (``rows``, ``cols``, ``depth``, ``point_label``). Training reads
+            pixels only and turns them off: they would triple what loader workers pass to the main process.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class RangeDataset(Dataset):
         stats: InputStats,
         augment: Compose | None = None,
         seed: int = 0,
+        with_points: bool = True,
     ) -> None:
         self.root = Path(root)
         self.records = list(records)
@@ -123,6 +127,7 @@ class RangeDataset(Dataset):
         self.label_map = label_map
         self.augment = augment
         self.seed = seed
+        self.with_points = with_points
         self.epoch = 0
         self.mean = np.asarray(stats.mean, np.float32).reshape(5, 1, 1)
         self.inv_std = (1.0 / np.asarray(stats.std, np.float32)).reshape(5, 1, 1)
@@ -144,33 +149,39 @@ class RangeDataset(Dataset):
         image[:5] = (image[:5] - self.mean) * self.inv_std * mask
         labels = scan.labels if scan.labels is not None else np.zeros(scan.num_points, np.int64)
         pixel_label = pixel_labels(labels, proj)
-        return {
+        sample: dict[str, Any] = {
             "input": torch.from_numpy(image),
             "label": torch.from_numpy(pixel_label),
             "mask": torch.from_numpy(mask),
-            "rows": torch.from_numpy(proj.rows.astype(np.int64)),
-            "cols": torch.from_numpy(proj.cols.astype(np.int64)),
-            "depth": torch.from_numpy(proj.depth),
-            "point_label": torch.from_numpy(labels),
             "num_points": scan.num_points,
             "index": i,
             "scan_id": record.scan_id,
         }
+        if self.with_points:
+            sample["rows"] = torch.from_numpy(proj.rows.astype(np.int64))
+            sample["cols"] = torch.from_numpy(proj.cols.astype(np.int64))
+            sample["depth"] = torch.from_numpy(proj.depth)
+            sample["point_label"] = torch.from_numpy(labels)
+        return sample
 
 
 _PAD = {"rows": -1, "cols": -1, "depth": -1.0, "point_label": 0}
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Batch samples: images stacked to (B, ...), per-point arrays padded to (B, N_max)."""
-    out: dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in ("input", "label", "mask")}
-    n_max = max(s["num_points"] for s in samples)
-    for key, fill in _PAD.items():
-        first = samples[0][key]
-        padded = torch.full((len(samples), n_max), fill, dtype=first.dtype)
-        for b, s in enumerate(samples):
-            padded[b, : s["num_points"]] = s[key]
-        out[key] = padded
+    """Batch samples: images stacked to (B, ...), per-point arrays (when present) padded to (B, N_max)."""
+    # np.stack: torch.stack is several times slower on one CPU thread, which is what loader workers have.
+    out: dict[str, Any] = {
+        k: torch.from_numpy(np.stack([s[k].numpy() for s in samples])) for k in ("input", "label", "mask")
+    }
+    if "rows" in samples[0]:
+        n_max = max(s["num_points"] for s in samples)
+        for key, fill in _PAD.items():
+            first = samples[0][key]
+            padded = torch.full((len(samples), n_max), fill, dtype=first.dtype)
+            for b, s in enumerate(samples):
+                padded[b, : s["num_points"]] = s[key]
+            out[key] = padded
     out["num_points"] = torch.tensor([s["num_points"] for s in samples])
     out["index"] = torch.tensor([s["index"] for s in samples])
     out["scan_id"] = [s["scan_id"] for s in samples]
