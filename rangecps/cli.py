@@ -128,5 +128,73 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(prep_main())
+def eval_main(argv: list[str] | None = None) -> int:
+    """``rangecps-eval``: evaluate a run folder or checkpoint; write metrics, predictions, submissions."""
+    parser = argparse.ArgumentParser(
+        prog="rangecps-eval",
+        description="Point-level (kNN and plain) and range-pixel mIoU of a run; prediction files and submissions.",
+    )
+    parser.add_argument("run", type=Path, help="run folder (uses best.pt, else last.pt) or a checkpoint file")
+    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument(
+        "--knn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="kNN post-processing of point labels (default: the config's eval.knn)",
+    )
+    parser.add_argument(
+        "--net",
+        choices=("a", "b", "ensemble"),
+        default=None,
+        help="which CPS network; ensemble averages both softmaxes (default: ensemble if 2 nets)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results folder (default: RUN/eval_<split>_<net>)"
+    )
+    parser.add_argument("--write-predictions", action="store_true", help="write per-point prediction files")
+    parser.add_argument(
+        "--submission",
+        action="store_true",
+        help="write predictions and the benchmark archive (submission.zip)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a value of the checkpoint's config, e.g. data.root=PATH (repeatable)",
+    )
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--num-workers", type=int, default=None, help="default: the config's data.num_workers"
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    from rangecps.data.prep import DatasetProblems
+    from rangecps.eval.evaluate import evaluate, format_report
+
+    if args.batch_size < 1 or (args.num_workers is not None and args.num_workers < 0):
+        print("error: --batch-size must be >= 1 and --num-workers >= 0", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate(
+            args.run, args.split, args.knn, args.net, args.out, args.write_predictions, args.submission,
+            args.overrides, args.batch_size, args.num_workers, progress=not args.no_progress,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError, ImportError, DatasetProblems) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyError as e:  # a split the dataset index lacks; its message names the root
+        print(f"error: {e.args[0]}", file=sys.stderr)
+        return 2
+    print(format_report(result))
+    print(f"{result['seconds_per_scan'] * 1000:.0f} ms per scan on {result['device']}")
+    if result["levels"]:
+        print(f"wrote {Path(result['out_dir']) / 'metrics.json'}")
+    for path in result.get("submission", []):
+        print(f"wrote {path}")
+    if args.write_predictions and not args.submission:
+        print(f"wrote predictions under {result['out_dir']}")
+    return 0

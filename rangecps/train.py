@@ -17,7 +17,6 @@ Learning rate under DDP: ``optim.lr`` is used as given whatever the number of pr
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from rangecps.cps import METHODS, cps_step
 from rangecps.data.build import DataBundle, build_data
 from rangecps.data.dataset import CHANNELS, collate
 from rangecps.data.loader import semi_supervised_loader
+from rangecps.device import amp_dtype, select_device
 from rangecps.eval.metrics import ConfusionMatrix
 from rangecps.losses import class_weights
 from rangecps.models import build_model
@@ -42,16 +42,6 @@ from rangecps.models import build_model
 # Keys that may differ between a checkpoint's config and the resuming one: they change when and what is logged
 # or how long to go on, not what is computed.
 RESUMABLE_CHANGES = {"train.max_steps", "train.val_every", "train.log_every", "train.ckpt_every"}
-
-
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.amp``: ``auto`` is bf16 on CUDA GPUs that support it, else fp16 on CUDA,
-    and off on CPU."""
-    if setting == "off" or (setting == "auto" and device.type != "cuda"):
-        return None
-    if setting == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -144,8 +134,7 @@ def train(
     Returns the summary (also written to ``summary.json``).
     """
     out_dir = Path(out_dir)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = select_device()
     info = dist.setup(device.type)
     if device.type == "cuda":
         torch.cuda.set_device(device)

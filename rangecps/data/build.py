@@ -49,9 +49,10 @@ class DataBundle:
         labels: bool = True,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        with_points: bool = True,
     ) -> RangeDataset:
-        """A :class:`RangeDataset` of ``split`` (restricted to ``ids``), with labels and train-time augmentation
-        when asked."""
+        """A :class:`RangeDataset` of ``split`` (restricted to ``ids``), with labels, train-time augmentation and
+        per-point arrays when asked."""
         records = self.records(ids, split) if ids is not None else self.index.split(split)
         return RangeDataset(
             self.root,
@@ -62,6 +63,7 @@ class DataBundle:
             self.stats,
             build_augment(augment) if augment is not None else None,
             seed,
+            with_points=with_points,
         )
 
 

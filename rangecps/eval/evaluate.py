@@ -1,0 +1,369 @@
+"""Evaluate a run or checkpoint on a split: three levels of mIoU, prediction files, benchmark submissions.
+
+Three numbers, each from its own confusion matrix (ignore class 0 not counted):
+
+- ``range_pixel``: every occupied range-image pixel, its label image vs the pixel prediction. This is the number
+  the published semi-supervised range-view tables report, and what training validates on.
+- ``point``: every point of the scan (occluded ones included) takes its pixel's prediction ("no kNN").
+- ``point_knn``: every point re-labelled by the kNN vote of :mod:`rangecps.eval.knn` (RangeNet++ post-processing,
+  ``eval.knn_*`` of the config). The official benchmarks score points, so this is the headline with kNN on.
+
+Pixel predictions are the argmax over classes 1..K-1: the ignore class is never predicted. ``--net ensemble``
+averages the two CPS networks' softmax probabilities. Points without a pixel (a zero-range point; prep rejects
+non-finite ones) cannot be placed in the image: they take the class the scan's occupied pixels predict most often,
+the same label in the metrics and in the written files, and ``metrics.json`` counts them (``points_without_pixel``).
+
+Memory does not grow with the split: scans stream through a DataLoader, only ``(K, K)`` matrices accumulate, and
+predictions are written scan by scan (see :mod:`rangecps.eval.submit` for the layouts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from rangecps.atomic import atomic_write
+from rangecps.checkpoint import code_revision, load_checkpoint
+from rangecps.config import Config, ConfigError, from_dict, parse_override, to_dict
+from rangecps.data.build import DataBundle, build_data
+from rangecps.data.dataset import RangeDataset, collate
+from rangecps.device import amp_dtype
+from rangecps.eval.knn import knn_postprocess
+from rangecps.eval.metrics import ConfusionMatrix, format_table
+from rangecps.eval.submit import make_writer
+from rangecps.models import build_model
+
+LEVELS = {
+    "point_knn": "point-level mIoU (kNN)",
+    "point": "point-level mIoU (no kNN)",
+    "range_pixel": "range-pixel mIoU (the number the published semi-supervised range-view tables report)",
+}
+
+
+@dataclass
+class LoadedRun:
+    """A checkpoint ready to evaluate: its config (with ``--set`` overrides), metadata and networks (eval mode)."""
+
+    path: Path
+    cfg: Config
+    state: dict[str, Any]
+    nets: list[nn.Module]
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    @property
+    def revision(self) -> str:
+        return str(self.state.get("revision") or self.state["derived"].get("revision", "unknown"))
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """``path`` itself if it is a file; for a run folder its ``best.pt``, else its ``last.pt``."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path}: run folder holds neither best.pt nor last.pt")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such run folder or checkpoint")
+    return path
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """``cfg`` with ``section.key=value`` overrides, checked like ``rangecps-train --set``."""
+    values = to_dict(cfg)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = values
+        for key in keys[:-1]:
+            if not isinstance(node.get(key, {}), dict):
+                raise ConfigError(f"--set {text!r}: '{key}' is a value, not a section")
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return from_dict(values, "--set")
+
+
+def choose_net(requested: str | None, num_nets: int, path: Path) -> str:
+    """``a``, ``b`` or ``ensemble``; None picks ``ensemble`` for a CPS (2-net) checkpoint, else ``a``."""
+    if requested is None:
+        return "ensemble" if num_nets == 2 else "a"
+    if requested not in ("a", "b", "ensemble"):
+        raise ValueError(f"--net must be a, b or ensemble, got {requested!r}")
+    if requested != "a" and num_nets < 2:
+        raise ValueError(
+            f"{path}: holds {num_nets} network (a supervised-only run); --net {requested} needs the two "
+            "networks of a CPS run; use --net a"
+        )
+    return requested
+
+
+def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = (), device: str = "cpu") -> LoadedRun:
+    """Read a checkpoint (``weights_only=True``) and rebuild its networks on ``device``, in eval mode."""
+    path = find_checkpoint(path)
+    state = load_checkpoint(path, "cpu")
+    missing = [k for k in ("derived", "label_names") if k not in state]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {missing}; it was not written by rangecps-train")
+    cfg = apply_overrides(from_dict(state["config"], f"{path}: config"), overrides)
+    derived = state["derived"]
+    if not 1 <= len(state["nets"]) <= 2:
+        raise ValueError(f"{path}: holds {len(state['nets'])} networks; expected 1 or 2")
+    nets = []
+    for k, weights in enumerate(state["nets"]):
+        net = build_model(cfg.model.name, derived["in_channels"], derived["num_classes"], cfg.model.width)
+        try:
+            net.load_state_dict(weights)
+        except RuntimeError as e:
+            raise ValueError(
+                f"{path}: network {'ab'[k]} does not fit model {cfg.model.name} width {cfg.model.width}: {e}"
+            ) from e
+        nets.append(net.to(device).eval())
+    return LoadedRun(path=path, cfg=cfg, state=state, nets=nets)
+
+
+@torch.no_grad()
+def predict_pixels(nets: list[nn.Module], x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
+    """``(B, H, W) int64`` predictions in 1..K-1 from one net's logits or several nets' mean softmax."""
+    with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        outputs = [net(x).float() for net in nets]
+    scores = outputs[0] if len(outputs) == 1 else sum(o.softmax(1) for o in outputs) / len(outputs)
+    return scores[:, 1:].argmax(1) + 1
+
+
+def range_image(
+    depth: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """``(H, W) float32`` range of each pixel's nearest point, -1 where empty: the projection's range image,
+    rebuilt exactly from the per-point ``depth``/``rows``/``cols`` of a sample."""
+    image = torch.full((height * width + 1,), -1.0, dtype=torch.float32, device=depth.device)
+    # Points without a pixel go to a spare last slot, dropped below: no boolean-mask copies of the arrays.
+    flat = torch.where(rows >= 0, rows * width + cols, height * width)
+    image.scatter_reduce_(0, flat, depth, reduce="amin", include_self=False)
+    return image[:-1].view(height, width)
+
+
+def fallback_class(pred: torch.Tensor, mask: torch.Tensor, num_classes: int) -> int:
+    """The class the occupied pixels predict most often (lowest on ties; all pixels if none is occupied)."""
+    votes = pred[mask] if bool(mask.any()) else pred.reshape(-1)
+    return int(torch.bincount(votes, minlength=num_classes).argmax())
+
+
+def point_labels(
+    pred: torch.Tensor,
+    mask: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    depth: torch.Tensor,
+    num_classes: int,
+    knn: dict[str, Any] | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One scan's point labels: each point's pixel prediction, and the kNN vote when ``knn`` gives its parameters.
+
+    Args:
+        pred: ``(H, W) int64`` pixel predictions in 1..K-1; ``mask``: ``(H, W) bool`` occupied pixels.
+        rows, cols: ``(N,) int64`` pixel of each point, -1 without one; ``depth``: ``(N,) float32`` ranges.
+
+    Returns:
+        ``(N,) int64`` plain labels and ``(N,) int64`` kNN labels (None without ``knn``), on ``pred``'s device.
+        Points without a pixel take :func:`fallback_class` in both.
+    """
+    has = rows >= 0
+    fill = fallback_class(pred, mask, num_classes)
+    # One gather over all points; those without a pixel read pixel 0 and are replaced by the fallback.
+    at_pixel = pred.reshape(-1)[(rows * pred.shape[1] + cols).clamp(min=0)]
+    plain = torch.where(has, at_pixel, fill)
+    if knn is None:
+        return plain, None
+    image = range_image(depth, rows, cols, *pred.shape)
+    voted = torch.as_tensor(knn_postprocess(image, pred, depth, rows, cols, num_classes, **knn)).to(
+        pred.device
+    )
+    return plain, torch.where(has, voted, fill)
+
+
+def _level_dict(cm: ConfusionMatrix, names: list[str], description: str) -> dict[str, Any]:
+    iou = cm.get_per_class_iou()[cm.real_classes]
+    # semantic-kitti-api scores a class absent from ground truth and predictions as 0, not n/a.
+    absent_zero = float(np.nan_to_num(iou, nan=0.0).mean()) if cm.matrix.sum() else None
+    return {
+        "description": description,
+        **cm.to_dict(names),
+        "miou_absent_as_zero": absent_zero,
+        "counted": int(cm.matrix.sum()),
+        "confusion_matrix": cm.matrix.tolist(),
+    }
+
+
+def _open_split(run: LoadedRun, split: str, write: bool) -> tuple[DataBundle, RangeDataset, bool]:
+    """The run's data, ``split`` as a dataset, and whether it has labels; refuses what cannot be evaluated."""
+    cfg = run.cfg
+    if not Path(cfg.data.root).exists():
+        raise FileNotFoundError(
+            f"{cfg.data.root}: dataset root of {run.path} not found; pass --set data.root=PATH"
+        )
+    data = build_data(cfg, progress=False)
+    trained = list(run.state["label_names"])
+    if list(data.label_map.names) != trained or data.num_classes != run.state["derived"]["num_classes"]:
+        raise ValueError(
+            f"{run.path}: trained on classes {trained}, but {cfg.data.dataset} has {data.label_map.names}"
+        )
+    dataset = data.dataset(split)
+    if not dataset.records:
+        raise ValueError(f"{data.root}: split '{split}' holds no scans")
+    labeled = sum(r.labels is not None for r in dataset.records)
+    if 0 < labeled < len(dataset):
+        raise ValueError(
+            f"{data.root}: split '{split}' has labels for only {labeled} of {len(dataset)} scans"
+        )
+    if not labeled and not write:
+        raise ValueError(f"split '{split}' has no labels: pass --write-predictions or --submission")
+    return data, dataset, labeled > 0
+
+
+def evaluate(
+    checkpoint: str | Path,
+    split: str = "val",
+    knn: bool | None = None,
+    net: str | None = None,
+    out: str | Path | None = None,
+    write_predictions: bool = False,
+    submission: bool = False,
+    overrides: list[str] | tuple[str, ...] = (),
+    batch_size: int = 1,
+    num_workers: int | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` (a file or a run folder) on ``split``; returns what ``metrics.json`` holds.
+
+    Args:
+        knn: run the kNN post-processing (None: the config's ``eval.knn``).
+        net: ``a``, ``b`` or ``ensemble`` (None: ensemble for CPS checkpoints, else a).
+        out: results folder (default ``<run>/eval_<split>_<net>``); receives ``metrics.json`` and, when asked,
+            predictions in the official layout (kNN labels with ``knn``) and ``submission.zip``.
+        overrides: ``section.key=value`` changes to the checkpoint's config (e.g. ``data.root=...``).
+        num_workers: DataLoader workers (None: the config's ``data.num_workers``).
+        device: default CUDA when available, else CPU.
+
+    A split without labels (test) gives no metrics, only predictions: it needs ``write_predictions`` or
+    ``submission``; ``"levels"`` is empty then and no ``metrics.json`` is written.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    run = load_run(checkpoint, overrides, device)
+    cfg = run.cfg
+    net = choose_net(net, len(run.nets), run.path)
+    nets = {"a": run.nets[:1], "b": run.nets[1:], "ensemble": run.nets}[net]
+    knn = cfg.eval.knn if knn is None else knn
+    write = write_predictions or submission
+    data, dataset, has_labels = _open_split(run, split, write)
+    out_dir = Path(out) if out is not None else run.path.parent / f"eval_{split}_{net}"
+    writer = make_writer(dataset.file_format, out_dir, data.label_map, data.root, split) if write else None
+
+    k, names = data.num_classes, list(data.label_map.names)
+    cms = {level: ConfusionMatrix(k) for level in LEVELS if knn or level != "point_knn"}
+    e = cfg.eval
+    knn_params = {"knn": e.knn_k, "search": e.knn_search, "sigma": e.knn_sigma, "cutoff": e.knn_cutoff}
+    amp = amp_dtype(cfg.train.amp, device)
+    channels_last = device.type == "cuda" and cfg.train.channels_last
+    for n in nets:
+        n.to(memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    workers = cfg.data.num_workers if num_workers is None else num_workers
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size, num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda"
+    )
+    no_pixel = 0
+    start = time.perf_counter()
+    for batch in tqdm(loader, desc=f"eval {split} ({net})", disable=not progress, dynamic_ncols=True):
+        x = batch["input"].to(device, non_blocking=True)
+        pred = predict_pixels(
+            nets, x.contiguous(memory_format=torch.channels_last) if channels_last else x, amp
+        )
+        mask = batch["mask"].to(device)
+        if has_labels:
+            cms["range_pixel"].update(batch["label"].to(device)[mask], pred[mask])
+        for b in range(pred.shape[0]):
+            n = int(batch["num_points"][b])
+            rows, cols = batch["rows"][b, :n].to(device), batch["cols"][b, :n].to(device)
+            depth = batch["depth"][b, :n].to(device)
+            plain, voted = point_labels(pred[b], mask[b], rows, cols, depth, k, knn_params if knn else None)
+            no_pixel += int((rows < 0).sum())
+            if has_labels:
+                gt = batch["point_label"][b, :n].to(device)
+                cms["point"].update(gt, plain)
+                if voted is not None:
+                    cms["point_knn"].update(gt, voted)
+            if writer is not None:
+                labels = voted if voted is not None else plain
+                writer.write(dataset.records[int(batch["index"][b])], labels.cpu().numpy(), n)
+    seconds = time.perf_counter() - start
+
+    result: dict[str, Any] = {
+        "checkpoint": str(run.path),
+        "step": run.step,
+        "revision": run.revision,
+        "eval_revision": code_revision(),
+        "method": cfg.train.method,
+        "model": cfg.model.name,
+        "dataset": cfg.data.dataset,
+        "root": str(data.root),
+        "split": split,
+        "scans": len(dataset),
+        "net": net,
+        "nets_in_checkpoint": len(run.nets),
+        "knn": {"enabled": knn, **knn_params},
+        "image": {"height": data.geometry.height, "width": data.geometry.width},
+        "class_names": names,
+        "headline": ("point_knn" if knn else "point") if has_labels else None,
+        "points_without_pixel": no_pixel,
+        "levels": {lv: _level_dict(cm, names, LEVELS[lv]) for lv, cm in cms.items()} if has_labels else {},
+        "device": str(device),
+        "seconds": round(seconds, 3),
+        "seconds_per_scan": round(seconds / len(dataset), 4),
+        "out_dir": str(out_dir),
+    }
+    if writer is not None and submission:
+        description = {
+            "method name": f"rangecps {cfg.model.name} {cfg.train.method}",
+            "method description": f"range-view {cfg.model.name} trained with {cfg.train.method} on "
+            f"{cfg.data.labels} labels; net {net}; kNN post-processing {'on' if knn else 'off'}",
+        }
+        result["submission"] = [str(p) for p in writer.finish(description)]
+    if has_labels:
+        with atomic_write(out_dir / "metrics.json", "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The per-class table of the headline level and one line per level, for the console."""
+    levels = result["levels"]
+    if not levels:
+        return f"{result['split']}: {result['scans']} scans predicted (no labels, no metrics)"
+    head = levels[result["headline"]]
+    names = result["class_names"]
+
+    def number(v: float | None) -> float:
+        return math.nan if v is None else v
+
+    ious = np.array([number(head["iou"].get(name)) for name in names])
+    title = f"{head['description']}, {result['split']} ({result['scans']} scans, net {result['net']})"
+    lines = [format_table(names, ious, number(head["miou"]), number(head["accuracy"]), title=title), ""]
+    width = max(len(v["description"]) for v in levels.values())
+    for level in LEVELS:
+        if level in levels:
+            v = levels[level]
+            miou = "n/a" if v["miou"] is None else f"{100 * v['miou']:.2f}"
+            acc = "n/a" if v["accuracy"] is None else f"{100 * v['accuracy']:.2f}"
+            lines.append(f"{v['description']:<{width}}  {miou:>6}   accuracy {acc:>6}")
+    return "\n".join(lines)
