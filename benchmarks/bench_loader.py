@@ -14,7 +14,6 @@ per scan beyond the index, so it should stay flat).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -25,10 +24,10 @@ import time
 from pathlib import Path
 
 import torch
+from common import write_result
 from torch.utils.data import DataLoader
 
 import rangecps.data.dataset as dataset_module
-from rangecps.atomic import atomic_write
 from rangecps.config import AugmentConfig
 from rangecps.data import DATASETS
 from rangecps.data.augment import build_augment
@@ -134,10 +133,7 @@ def main() -> int:
             "python": sys.version.split()[0],
         },
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(args.json, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {args.json}")
+    write_result(args.json, out)
     return 0
 
 

@@ -13,9 +13,7 @@ agree, on the synthetic scan and on the real scans in ``../shared/real_scans`` w
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,8 +24,8 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from common import write_result
 
-from rangecps.atomic import atomic_write
 from rangecps.projection import Projection, project_rings, project_spherical
 from rangecps.projection_reference import project_rings_reference, project_spherical_reference
 
@@ -187,18 +185,8 @@ def main() -> None:
         "numba_first_call_s": first_call_s,
         "numba_threads": numba.get_num_threads(),
         "parity": parity,
-        "machine": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "versions": {
-            "numpy": np.__version__,
-            "numba": numba.__version__,
-            "python": platform.python_version(),
-        },
     }
-    with atomic_write(args.json, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.json}")
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ is still pinned to one thread so that no library runs a parallel region behind t
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,8 +25,8 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from common import write_result
 
-from rangecps.atomic import atomic_write
 from rangecps.sim import SENSORS, sequence_scene
 from rangecps.sim.raycast import cast, cast_brute_force
 from rangecps.sim.sensors import sensor_rays
@@ -170,18 +168,8 @@ def main() -> None:
         "numba_compile_s": compile_s,
         "numba_warmup_s": warm_s,
         "numba_threads": numba.get_num_threads(),
-        "machine": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "versions": {
-            "numpy": np.__version__,
-            "numba": numba.__version__,
-            "python": platform.python_version(),
-        },
     }
-    with atomic_write(args.json, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.json}")
+    write_result(args.json, result)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def prep_main(argv: list[str] | None = None) -> int:
     else:
         dataset_cls, root_arg, out_arg, seed = DATASETS[args.command], args.root, args.out, args.seed
     try:
-        index, _, report = prepare(dataset_cls, root_arg, out_arg, seed=seed)
+        index, stats, report = prepare(dataset_cls, root_arg, out_arg, seed=seed)
     except (DatasetProblems, FileNotFoundError, ImportError) as e:
         return _fail(str(e))
     for note in report.notes:
@@ -65,6 +65,13 @@ def prep_main(argv: list[str] | None = None) -> int:
     sizes = ", ".join(f"{k} {len(v)}" for k, v in index.splits.items())
     print(f"{dataset_cls.name}: {report.scans_checked} scans checked, no problems ({sizes})")
     print(f"wrote index, split lists and statistics to {prep_dir(root_arg, out_arg)}")
+    from rangecps.labels import load_label_map
+
+    names = load_label_map(dataset_cls.label_map).names
+    counts = stats.class_counts
+    total = sum(counts[1:]) or 1
+    shares = sorted(((c / total, n) for n, c in zip(names[1:], counts[1:], strict=True)), reverse=True)
+    print("training points per class: " + ", ".join(f"{n} {100 * f:.2f}%" for f, n in shares))
     return 0
 
 

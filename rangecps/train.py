@@ -178,6 +178,7 @@ def train(
         cfg.train.seed,
         info.rank,
         info.world,
+        unlabeled_size=len(data.split.unlabeled),
     )
     total_steps = cfg.train.epochs * loader.steps_per_epoch
     stop_step = min(total_steps, cfg.train.max_steps or total_steps)

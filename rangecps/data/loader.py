@@ -122,19 +122,25 @@ def semi_supervised_loader(
     seed: int,
     rank: int = 0,
     world: int = 1,
+    unlabeled_size: int | None = None,
 ) -> SemiSupervisedLoader:
-    """Build the paired streams. ``batch_size`` and ``unlabeled_batch_size`` are per process."""
-    size_u = len(unlabeled) if unlabeled is not None else 0
+    """Build the paired streams. ``batch_size`` and ``unlabeled_batch_size`` are per process.
+
+    ``unlabeled_size`` is the size of the unlabeled set that sets the epoch length (default: ``len(unlabeled)``);
+    ``sup_only`` passes it without an unlabeled stream, so that its epochs have the same number of steps.
+    """
+    if unlabeled_size is None:
+        unlabeled_size = len(unlabeled) if unlabeled is not None else 0
     steps = max(
         math.ceil(len(labeled) / (batch_size * world)),
-        math.ceil(size_u / (unlabeled_batch_size * world)) if unlabeled is not None else 0,
+        math.ceil(unlabeled_size / (unlabeled_batch_size * world)),
     )
     lab_sampler = RepeatedShardSampler(len(labeled), steps * batch_size * world, seed, rank, world)
     lab = make_loader(labeled, lab_sampler, batch_size, num_workers, seed)
     unl = None
     if unlabeled is not None:
         unl_sampler = RepeatedShardSampler(
-            size_u, steps * unlabeled_batch_size * world, seed + 1, rank, world
+            len(unlabeled), steps * unlabeled_batch_size * world, seed + 1, rank, world
         )
         unl = make_loader(unlabeled, unl_sampler, unlabeled_batch_size, num_workers, seed + 1)
     return SemiSupervisedLoader(lab, unl, steps)
