@@ -27,12 +27,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rangecps.data.kitti import TRAIN_SEQUENCES, VAL_SEQUENCES
 from rangecps.sim import Frame, simulate_sequence
 from rangecps.sim.write_kitti import write_kitti_sequence
 from rangecps.sim.write_nuscenes import NuScenesWriter
 
-KITTI_TRAIN_SEQUENCES = ("00", "01", "02", "03", "04", "05", "06", "07", "09", "10")
-KITTI_VAL_SEQUENCE = "08"
+# The official SemanticKITTI split, defined once in the dataset index.
+KITTI_TRAIN_SEQUENCES = TRAIN_SEQUENCES
+(KITTI_VAL_SEQUENCE,) = VAL_SEQUENCES
 # nuscenes.utils.splits.mini_train / mini_val of nuscenes-devkit 1.2.0.
 NUSCENES_MINI_TRAIN = (
     "scene-0061", "scene-0553", "scene-0655", "scene-0757",
