@@ -1,7 +1,7 @@
 """Benchmark the full training input pipeline: read, augment, project, normalise, collate, at 64x2048.
 
 Scans/s of a DataLoader (batch 2, pixel keys only, as training loads them) over a synthetic SemanticKITTI-format
-dataset with 0, 1 and 2 workers, against
+dataset with 0, 1 and 2 workers (and from cached range images with 0 and 2 workers), against
 an in-run baseline: the same pipeline in one process with the NumPy reference projection instead of numba. Files
 are read from the page cache after the first pass, as from a fast local disk. Each setting runs ``--repeats`` times
 over ``--scans`` scans after an untimed warm-up pass (workers persist); medians are reported. Peak
@@ -31,6 +31,7 @@ import rangecps.data.dataset as dataset_module
 from rangecps.config import AugmentConfig
 from rangecps.data import DATASETS
 from rangecps.data.augment import build_augment
+from rangecps.data.cache import build_cache
 from rangecps.data.dataset import RangeDataset, collate
 from rangecps.data.loader import RepeatedShardSampler
 from rangecps.data.prep import prepare
@@ -69,6 +70,11 @@ def time_loader(ds: RangeDataset, workers: int, scans: int, repeats: int) -> tup
         rates.append(n / (time.perf_counter() - start))
         memory.append(rss_mib())
     return rates, memory
+
+
+def build_cache_dir(cls: type, root: Path, index, label_map, folder: Path) -> Path:
+    build_cache(cls, root, index, label_map, folder, progress=False)
+    return folder
 
 
 def main() -> int:
@@ -113,6 +119,11 @@ def main() -> int:
                 "peak_rss_mib": mem[-1],
                 "rss_growth_mib": mem[-1] - mem[0],
             }
+        # The same pipeline from cached range images (rangecps-prep --cache; image-space rotate/flip/scale).
+        ds.cache_dir = build_cache_dir(cls, root, index, ds.label_map, Path(tmp) / "cache")
+        for workers in (0, 2):
+            rates, mem = time_loader(ds, workers, args.scans, args.repeats)
+            results[f"cache_{workers}_workers"] = {"scans_per_s": statistics.median(rates), "runs": rates}
     base = results["baseline_numpy_0_workers"]["scans_per_s"]
     print(f"full pipeline, 64x2048, {points:,.0f} points/scan on average, batch 2, median of {args.repeats}")
     print(f"{'setting':28s} {'scans/s':>9s} {'ms/scan':>9s} {'vs baseline':>12s}")

@@ -38,6 +38,7 @@ def prep_main(argv: list[str] | None = None) -> int:
         p.add_argument("--root", type=Path, required=True)
         p.add_argument("--out", type=Path, default=None, help="where to write (default: <root>/rangecps)")
         p.add_argument("--seed", type=int, default=0, help="seed of the sampler for unpublished shares")
+        p.add_argument("--cache", action="store_true", help="also store projected range images (see README)")
     args = parser.parse_args(argv)
 
     from rangecps.data.prep import DatasetProblems, prep_dir, prepare
@@ -60,6 +61,13 @@ def prep_main(argv: list[str] | None = None) -> int:
         index, stats, report = prepare(dataset_cls, root_arg, out_arg, seed=seed)
     except (DatasetProblems, FileNotFoundError, ImportError) as e:
         return _fail(str(e))
+    if getattr(args, "cache", False):
+        from rangecps.data.cache import build_cache
+        from rangecps.labels import load_label_map
+
+        cache_dir = prep_dir(root_arg, out_arg) / "cache"
+        n = build_cache(dataset_cls, Path(root_arg), index, load_label_map(dataset_cls.label_map), cache_dir)
+        print(f"cached {n} range images in {cache_dir}")
     for note in report.notes:
         print(f"note: {note}")
     sizes = ", ".join(f"{k} {len(v)}" for k, v in index.splits.items())

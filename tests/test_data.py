@@ -174,3 +174,55 @@ def test_semi_supervised_loader_covers_unlabeled_once(synthetic_kitti: Path, tmp
     assert sorted(int(u["index"][0]) for _, u in pairs) == list(range(5))
     assert all(int(b["index"][0]) == 0 for b, _ in pairs)
     assert all(int(u["point_label"].abs().sum()) == 0 for _, u in pairs)
+
+
+def test_cache_equals_projection_and_augments_exactly(synthetic_kitti: Path, tmp_path: Path) -> None:
+    from rangecps.data.augment import Compose
+    from rangecps.data.cache import augment_cached, build_cache, cache_file, read_cached
+    from rangecps.data.dataset import project_scan
+    from rangecps.data.index import read_scan
+    from rangecps.projection import gather_channels
+
+    cls = DATASETS["synthetic_kitti"]
+    index, stats, _ = prepare(cls, synthetic_kitti, tmp_path, progress=False)
+    lmap = load_label_map(cls.label_map)
+    assert build_cache(cls, synthetic_kitti, index, lmap, tmp_path / "cache", progress=False) == 6
+    recs = index.split("val")
+    plain = RangeDataset(synthetic_kitti, recs, cls.file_format, cls.geometry, lmap, stats)
+    cached = RangeDataset(
+        synthetic_kitti, recs, cls.file_format, cls.geometry, lmap, stats, cache_dir=tmp_path / "cache"
+    )
+    a, b = plain[1], cached[1]
+    for key in ("input", "label", "mask", "rows", "cols", "depth", "point_label"):
+        assert torch.equal(a[key], b[key]), key
+
+    # Each image-space augmentation equals projecting the transformed points.
+    scan = read_scan(synthetic_kitti, recs[0], cls.file_format, lmap)
+    width = cls.geometry.width
+    # Seed 2 draws both flips (0.26, 0.30 < 0.5) and a rotation by 2 pi * 1715 / 2048.
+    for transform in (RandomRotate(), RandomFlip(), RandomScale(0.9, 1.1)):
+        rng = np.random.default_rng(2)
+        c = augment_cached(
+            read_cached(cache_file(tmp_path / "cache", recs[0].scan_id)), Compose((transform,)), rng
+        )
+        draw = np.random.default_rng(2)
+        pts = scan.points.copy()
+        if isinstance(transform, RandomRotate):
+            yaw = 2 * np.pi * int(draw.integers(width)) / width
+            x, y = pts[:, 0].copy(), pts[:, 1].copy()
+            pts[:, 0], pts[:, 1] = np.cos(yaw) * x - np.sin(yaw) * y, np.sin(yaw) * x + np.cos(yaw) * y
+        elif isinstance(transform, RandomFlip):
+            flip_y, flip_x = draw.random(2) < 0.5
+            assert flip_x and flip_y
+            pts[:, 0] *= -1 if flip_x else 1
+            pts[:, 1] *= -1 if flip_y else 1
+        else:
+            pts[:, :3] *= np.float32(draw.uniform(0.9, 1.1))
+        moved = Scan(points=pts, labels=scan.labels)
+        proj = project_scan(moved, cls.geometry)
+        expected = gather_channels(pts, proj)
+        same = (c.channels[5] > 0) == proj.mask
+        assert same.mean() > 0.999, transform
+        both = same & proj.mask
+        np.testing.assert_allclose(c.channels[:, both], expected[:, both], atol=2e-3, rtol=1e-4)
+        assert (c.cols == proj.cols).mean() > 0.999

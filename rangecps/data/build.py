@@ -10,7 +10,7 @@ from rangecps.data import DATASETS
 from rangecps.data.augment import build_augment
 from rangecps.data.dataset import InputStats, RangeDataset
 from rangecps.data.index import DatasetIndex, Geometry
-from rangecps.data.prep import load_prepared
+from rangecps.data.prep import load_prepared, prep_dir
 from rangecps.data.splits import LabeledSplit, make_split
 from rangecps.labels import LabelMap, load_label_map
 
@@ -64,7 +64,13 @@ class DataBundle:
             build_augment(augment) if augment is not None else None,
             seed,
             with_points=with_points,
+            cache_dir=self.cache_dir(),
         )
+
+    def cache_dir(self) -> Path | None:
+        """The cached range images of ``rangecps-prep --cache``, when they exist at this run's geometry."""
+        folder = prep_dir(self.root) / "cache"
+        return folder if folder.is_dir() and self.geometry == self.dataset_cls.geometry else None
 
 
 def resolve_geometry(dataset_cls: type, height: int | None, width: int | None) -> Geometry:

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from rangecps.atomic import atomic_write
 from rangecps.data.augment import Compose
+from rangecps.data.cache import augment_cached, cache_file, read_cached, usable
 from rangecps.data.index import Geometry, ScanRecord, read_scan
 from rangecps.io import Scan
 from rangecps.labels import LabelMap
@@ -106,6 +107,8 @@ class RangeDataset(Dataset):
             depend on which worker loads the item.
         with_points: return the per-point arrays (``rows``, ``cols``, ``depth``, ``point_label``). Training reads
             pixels only and turns them off: they would triple what loader workers pass to the main process.
+        cache_dir: folder of cached range images (``rangecps-prep --cache``) at this geometry; used whenever the
+            augmentations have exact range-image equivalents (see :mod:`rangecps.data.cache`).
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class RangeDataset(Dataset):
         augment: Compose | None = None,
         seed: int = 0,
         with_points: bool = True,
+        cache_dir: Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.records = list(records)
@@ -128,6 +132,7 @@ class RangeDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.with_points = with_points
+        self.cache_dir = cache_dir if cache_dir is not None and usable(augment) else None
         self.epoch = 0
         self.mean = np.asarray(stats.mean, np.float32).reshape(5, 1, 1)
         self.inv_std = (1.0 / np.asarray(stats.std, np.float32)).reshape(5, 1, 1)
@@ -140,27 +145,54 @@ class RangeDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         record = self.records[i]
+        augment = self.augment is not None and self.augment.transforms
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        if self.cache_dir is not None:
+            c = read_cached(cache_file(self.cache_dir, record.scan_id))
+            if c.channels.shape[1:] != (self.geometry.height, self.geometry.width):
+                raise ValueError(
+                    f"{self.cache_dir}: cached images are {c.channels.shape[1:]}, not this geometry"
+                )
+            if augment:
+                c = augment_cached(c, self.augment, rng)
+            if self.label_map is None:
+                c.label, c.point_label = np.zeros_like(c.label), np.zeros_like(c.point_label)
+            return self._sample(i, c.channels, c.label, c.rows, c.cols, c.depth, c.point_label)
         scan = read_scan(self.root, record, self.file_format, self.label_map)
-        if self.augment is not None and self.augment.transforms:
-            scan = self.augment(scan, np.random.default_rng([self.seed, self.epoch, i]))
+        if augment:
+            scan = self.augment(scan, rng)
         proj = project_scan(scan, self.geometry)
-        image = gather_channels(scan.points, proj)
-        mask = proj.mask
-        image[:5] = (image[:5] - self.mean) * self.inv_std * mask
         labels = scan.labels if scan.labels is not None else np.zeros(scan.num_points, np.int64)
-        pixel_label = pixel_labels(labels, proj)
+        return self._sample(
+            i, gather_channels(scan.points, proj), pixel_labels(labels, proj), proj.rows, proj.cols, proj.depth,
+            labels,
+        )  # fmt: skip
+
+    def _sample(
+        self,
+        i: int,
+        image: np.ndarray,
+        pixel_label: np.ndarray,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        depth: np.ndarray,
+        labels: np.ndarray,
+    ) -> dict[str, Any]:
+        """Normalise the (6, H, W) channels and pack the sample dict (see the module docstring)."""
+        mask = image[5] > 0
+        image[:5] = (image[:5] - self.mean) * self.inv_std * mask
         sample: dict[str, Any] = {
             "input": torch.from_numpy(image),
             "label": torch.from_numpy(pixel_label),
             "mask": torch.from_numpy(mask),
-            "num_points": scan.num_points,
+            "num_points": len(rows),
             "index": i,
-            "scan_id": record.scan_id,
+            "scan_id": self.records[i].scan_id,
         }
         if self.with_points:
-            sample["rows"] = torch.from_numpy(proj.rows.astype(np.int64))
-            sample["cols"] = torch.from_numpy(proj.cols.astype(np.int64))
-            sample["depth"] = torch.from_numpy(proj.depth)
+            sample["rows"] = torch.from_numpy(rows.astype(np.int64))
+            sample["cols"] = torch.from_numpy(cols.astype(np.int64))
+            sample["depth"] = torch.from_numpy(depth)
             sample["point_label"] = torch.from_numpy(labels)
         return sample
 

@@ -1,0 +1,143 @@
+"""Cached range images (``rangecps-prep ... --cache``), so that loading a scan skips reading and projecting it.
+
+A cache file holds one scan projected at its dataset's native range image, before normalisation: the six channels,
+the pixel labels and the per-point pixel, range and label. Augmentations that move points rigidly have exact
+range-image equivalents, so cached scans can still be augmented:
+
+- a yaw rotation by ``2 pi k / W`` shifts every column by ``k`` (and rotates the x, y channels);
+- mirroring y (``y -> -y``) maps column ``c`` to ``W - 1 - c``; mirroring x maps it to ``W / 2 - 1 - c`` (mod W);
+- scaling multiplies range, x, y and z and moves no point to another pixel.
+
+The nearest point of each pixel stays the nearest, so these equal projecting the transformed points (up to points
+lying exactly on a column edge). Jitter and point dropout change which point wins a pixel: with them, the dataset
+reads and projects the points as usual. Rotations are drawn on the grid of ``W`` column shifts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from rangecps.atomic import atomic_write
+from rangecps.data.augment import Compose, RandomFlip, RandomRotate, RandomScale
+from rangecps.io import Scan
+from rangecps.projection import Projection, gather_channels, pixel_labels
+
+IMAGE_TRANSFORMS = (RandomRotate, RandomFlip, RandomScale)
+
+
+@dataclass
+class CachedScan:
+    """One cached scan. ``channels`` (6, H, W) float32 range, x, y, z, intensity, mask (not normalised);
+    ``label`` (H, W) int64; ``rows``, ``cols`` (N,) int64 (-1 without pixel); ``depth`` (N,) float32;
+    ``point_label`` (N,) int64."""
+
+    channels: np.ndarray
+    label: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    depth: np.ndarray
+    point_label: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.channels[5] > 0
+
+    @property
+    def num_points(self) -> int:
+        return len(self.rows)
+
+
+def cache_file(cache_dir: Path, scan_id: str) -> Path:
+    return cache_dir / f"{scan_id.replace('/', '_')}.npz"
+
+
+def write_cached(path: Path, scan: Scan, proj: Projection) -> None:
+    """Store ``scan`` projected as ``proj`` (labels as train ids, 0 where the scan has none)."""
+    labels = scan.labels if scan.labels is not None else np.zeros(scan.num_points, np.int64)
+    with atomic_write(path, "wb") as f:
+        np.savez(
+            f,
+            channels=gather_channels(scan.points, proj),
+            label=pixel_labels(labels, proj).astype(np.uint8),
+            rows=proj.rows.astype(np.int16),
+            cols=proj.cols.astype(np.int16),
+            depth=proj.depth,
+            point_label=labels.astype(np.uint8),
+        )
+
+
+def read_cached(path: Path) -> CachedScan:
+    try:
+        with np.load(path) as z:
+            return CachedScan(
+                channels=z["channels"], label=z["label"].astype(np.int64), rows=z["rows"].astype(np.int64),
+                cols=z["cols"].astype(np.int64), depth=z["depth"], point_label=z["point_label"].astype(np.int64),
+            )  # fmt: skip
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable cache file ({e}); run rangecps-prep --cache again") from e
+
+
+def usable(augment: Compose | None) -> bool:
+    """Whether ``augment`` has an exact range-image equivalent (or is empty)."""
+    return augment is None or all(isinstance(t, IMAGE_TRANSFORMS) for t in augment.transforms)
+
+
+def _remap_columns(c: CachedScan, new_col: np.ndarray) -> None:
+    """Move every column ``j`` of the images to ``new_col[j]`` and update the points' columns, in place."""
+    order = np.argsort(new_col)
+    c.channels = c.channels[:, :, order]
+    c.label = c.label[:, order]
+    held = c.cols >= 0
+    c.cols[held] = new_col[c.cols[held]]
+
+
+def augment_cached(c: CachedScan, augment: Compose, rng: np.random.Generator) -> CachedScan:
+    """Apply ``augment``'s rotate / flip / scale to a cached scan in range-image space (see the module doc)."""
+    width = c.channels.shape[2]
+    cols = np.arange(width)
+    x, y = c.channels[1].copy(), c.channels[2].copy()
+    for t in augment.transforms:
+        if isinstance(t, RandomRotate):
+            k = int(rng.integers(width))
+            yaw = 2.0 * np.pi * k / width  # points turn by +yaw: their yaw angle (= -azimuth) drops by yaw
+            cos, sin = np.float32(np.cos(yaw)), np.float32(np.sin(yaw))
+            x, y = cos * x - sin * y, sin * x + cos * y
+            cols = (cols - k) % width
+        elif isinstance(t, RandomFlip):
+            flip_y, flip_x = rng.random(2) < 0.5
+            if flip_x:
+                x = -x
+                cols = (width // 2 - 1 - cols) % width
+            if flip_y:
+                y = -y
+                cols = width - 1 - cols
+        elif isinstance(t, RandomScale):
+            s = np.float32(rng.uniform(t.low, t.high))
+            c.channels = c.channels.copy()
+            c.channels[[0, 3]] *= s
+            x, y = x * s, y * s
+    c.channels = c.channels.copy()
+    c.channels[1], c.channels[2] = x, y
+    c.rows, c.cols = c.rows.copy(), c.cols.copy()
+    _remap_columns(c, cols)
+    return c
+
+
+def build_cache(dataset_cls: type, root: Path, index, label_map, out_dir: Path, progress: bool = True) -> int:
+    """Project and store every labeled-split scan (train, val) at the dataset's native range image."""
+    from rangecps.data.dataset import project_scan
+    from rangecps.data.index import read_scan
+
+    written = 0
+    for split in ("train", "val"):
+        for rec in tqdm(
+            index.splits.get(split, []), desc=f"cache {split}", disable=not progress, leave=False
+        ):
+            scan = read_scan(root, rec, dataset_cls.file_format, label_map)
+            write_cached(cache_file(out_dir, rec.scan_id), scan, project_scan(scan, dataset_cls.geometry))
+            written += 1
+    return written
