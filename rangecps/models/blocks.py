@@ -173,7 +173,8 @@ class RangeSegmentor(nn.Module):
         self.num_classes = num_classes
 
     def _forward(self, x: torch.Tensor, aux: bool) -> list[torch.Tensor]:
-        raise NotImplementedError
+        # The base class is a contract only: every model in MODELS defines its own _forward.
+        raise TypeError(f"{type(self).__name__} does not define _forward(x, aux); subclass a model in MODELS")
 
     @overload
     def forward(self, x: torch.Tensor, aux: Literal[False] = False) -> torch.Tensor: ...
