@@ -13,18 +13,14 @@ agree, on the synthetic scan and on the real scans in ``../shared/real_scans`` w
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numba
 import numpy as np
-from common import write_result
+from common import fresh_numba_timings, write_result
 
 from rangecps.projection import Projection, project_rings, project_spherical
 from rangecps.projection_reference import project_rings_reference, project_spherical_reference
@@ -95,12 +91,7 @@ print(t1 - t0, t2 - t1, t3 - t2)
 
 def cold_compile_seconds() -> dict[str, float]:
     """First calls in a fresh interpreter whose numba cache directory is empty: pure compile time."""
-    with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
-        out = subprocess.run(
-            [sys.executable, "-c", COLD_COMPILE], env=env, capture_output=True, text=True, check=True
-        )
-    import_s, spherical_s, rings_s = (float(v) for v in out.stdout.split())
+    import_s, spherical_s, rings_s = fresh_numba_timings(COLD_COMPILE)
     return {"import": import_s, "project_spherical": spherical_s, "project_rings": rings_s}
 
 

@@ -14,18 +14,14 @@ is still pinned to one thread so that no library runs a parallel region behind t
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numba
 import numpy as np
-from common import write_result
+from common import fresh_numba_timings, write_result
 
 from rangecps.sim import SENSORS, sequence_scene
 from rangecps.sim.raycast import cast, cast_brute_force
@@ -45,12 +41,7 @@ print(t1 - t0, t2 - t1)
 
 def cold_compile_seconds() -> dict[str, float]:
     """Import and first scan in a fresh interpreter with an empty numba cache (compiles every kernel)."""
-    with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "NUMBA_NUM_THREADS": "1"}
-        out = subprocess.run(
-            [sys.executable, "-c", COLD_COMPILE], env=env, capture_output=True, text=True, check=True
-        )
-    import_s, first_scan_s = (float(v) for v in out.stdout.split())
+    import_s, first_scan_s = fresh_numba_timings(COLD_COMPILE, {"NUMBA_NUM_THREADS": "1"})
     return {"import": import_s, "first_scan_including_compile": first_scan_s}
 
 

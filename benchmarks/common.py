@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +40,14 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
     with atomic_write(path, "w") as f:
         json.dump({**result, "machine": machine()}, f, indent=2)
     print(f"wrote {path}")
+
+
+def fresh_numba_timings(code: str, extra_env: dict[str, str] | None = None) -> list[float]:
+    """Run ``code`` in a fresh interpreter whose numba cache is empty and return the floats it prints:
+    first-call timings there are pure compile time, kept apart from the benchmarks' warm timings."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, **(extra_env or {})}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+    return [float(v) for v in out.stdout.split()]
