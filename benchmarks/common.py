@@ -18,11 +18,31 @@ import torch
 from rangecps.atomic import atomic_write
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``platform.processor()`` is often empty on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def memory_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def machine() -> dict[str, Any]:
     """The machine and library versions, so that figures from different machines are never compared blindly."""
     return {
         "platform": platform.platform(),
-        "processor": platform.processor(),
+        "processor": cpu_model(),
+        "memory_gib": memory_gib(),
         "cpu_count": os.cpu_count(),
         "load_average_1min": os.getloadavg()[0],
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bench_modules import load_bench
 
 from rangecps.eval.knn import knn_numba, knn_postprocess, knn_reference, knn_torch
 
@@ -185,18 +185,10 @@ def test_wrap_reaches_the_last_column_only_when_enabled() -> None:
     assert _one_point(rng_img, lab, 1, 0, 5.0, wrap=False, **common) == 1
 
 
-def _load_bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_knn.py"
-    spec = importlib.util.spec_from_file_location("bench_knn", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_matches_published_unfold_method_away_from_its_artefacts() -> None:
     # Interior points of a full image with continuous ranges and no ignore labels: no borders, no empty
     # pixels, no ties, and the centre always votes -- there the published method and ours must agree.
-    bench = _load_bench()
+    bench = load_bench("bench_knn")
     rng = np.random.default_rng(2)
     h, w, n = 12, 40, 400
     proj_range = rng.uniform(1.0, 4.0, size=(h, w)).astype(np.float32)
@@ -212,7 +204,7 @@ def test_matches_published_unfold_method_away_from_its_artefacts() -> None:
 
 
 def test_synthetic_benchmark_scan_agrees() -> None:
-    bench = _load_bench()
+    bench = load_bench("bench_knn")
     scan = bench.synthetic_scan(0, h=16, w=256, num_points=3000, visible=2500)
     assert (scan["proj_range"] >= 0).sum() == 2500
     ref, fast, vec = run_all(scan, num_classes=bench.NUM_CLASSES)
