@@ -141,7 +141,7 @@ def main() -> int:
         args.work = args.work.relative_to(REPO)
 
     os.chdir(REPO)  # the configs name the dataset root relative to the repository
-    start = time.time()
+    start, revision = time.time(), code_revision()
     # Make (or check) the dataset once, before parallel runs would race to make it.
     cfg = load_config(CONFIG_DIR / "sup_only_fidnet.yaml")
     data = build_data(cfg, progress=True)
@@ -158,7 +158,7 @@ def main() -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_minutes": round((time.time() - start) / 60, 1),
         "command": shlex.join(["python", "benchmarks/study.py", *sys.argv[1:]]),
-        "revision": code_revision(),
+        "revision": revision,
         "jobs": args.jobs,
         "threads_per_job": int(threads),
         "dataset": {
