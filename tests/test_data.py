@@ -10,7 +10,7 @@ import torch
 
 from rangecps.config import AugmentConfig
 from rangecps.data import DATASETS
-from rangecps.data.augment import PointDropout, RandomFlip, RandomRotate, RandomScale, build_augment
+from rangecps.data.augment import Compose, PointDropout, RandomFlip, RandomRotate, RandomScale, build_augment
 from rangecps.data.dataset import CHANNELS, RangeDataset, collate
 from rangecps.data.loader import RepeatedShardSampler, semi_supervised_loader
 from rangecps.data.prep import DatasetProblems, load_prepared, prepare
@@ -149,6 +149,21 @@ def test_augmentations_keep_labels_attached() -> None:
     )
     np.testing.assert_array_equal(rot.points[:, 2], pts[:, 2])
     assert not np.allclose(rot.points[:, 0], pts[:, 0])
+
+
+def test_compose_fuses_linear_transforms_into_the_same_geometry() -> None:
+    rng = np.random.default_rng(3)
+    pts = rng.normal(size=(300, 4)).astype(np.float32) * 20
+    scan = Scan(points=pts, labels=rng.integers(1, 20, size=300))
+    steps = (PointDropout(0.2), RandomRotate(), RandomFlip(), RandomScale(0.8, 1.2))
+    for seed in range(4):  # seeds with and without flips
+        fused = Compose(steps)(scan, np.random.default_rng(seed))
+        one_by_one, draws = scan, np.random.default_rng(seed)
+        for t in steps:
+            one_by_one = t(one_by_one, draws)
+        np.testing.assert_allclose(fused.points, one_by_one.points, rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(fused.labels, one_by_one.labels)
+        assert fused.points.dtype == np.float32
 
 
 def test_sampler_shards_one_global_stream() -> None:

@@ -310,6 +310,16 @@ def test_gather_channels() -> None:
     with pytest.raises(ValueError, match=r"\(4000, >=4\)"):
         gather_channels(points[:, :3], proj)
 
+    # Normalised in the same pass: (value - mean) / std on filled pixels, as numpy computes it in float32.
+    mean, std = np.array([10.0, 1.0, -2.0, 0.5, 0.3]), np.array([8.0, 12.0, 9.0, 1.5, 0.2])
+    normed = gather_channels(points, proj, mean, std)
+    m32, inv32 = mean.astype(np.float32)[:, None], (1.0 / std.astype(np.float32))[:, None]
+    np.testing.assert_array_equal(normed[:5][:, m], (image[:5][:, m] - m32) * inv32)
+    np.testing.assert_array_equal(normed[5], image[5])
+    assert (normed[:, ~m] == 0).all()
+    with pytest.raises(ValueError, match="both mean and std"):
+        gather_channels(points, proj, mean)
+
 
 def test_label_round_trip() -> None:
     points = scan_like(4000, seed=5)

@@ -135,7 +135,8 @@ class RangeDataset(Dataset):
         self.cache_dir = cache_dir if cache_dir is not None and usable(augment) else None
         self.epoch = 0
         self.mean = np.asarray(stats.mean, np.float32).reshape(5, 1, 1)
-        self.inv_std = (1.0 / np.asarray(stats.std, np.float32)).reshape(5, 1, 1)
+        self.std = np.asarray(stats.std, np.float32).reshape(5, 1, 1)
+        self.inv_std = 1.0 / self.std
 
     def __len__(self) -> int:
         return len(self.records)
@@ -157,16 +158,17 @@ class RangeDataset(Dataset):
                 c = augment_cached(c, self.augment, rng)
             if self.label_map is None:
                 c.label, c.point_label = np.zeros_like(c.label), np.zeros_like(c.point_label)
-            return self._sample(i, c.channels, c.label, c.rows, c.cols, c.depth, c.point_label)
+            image = c.channels
+            mask = image[5] > 0
+            image[:5] = (image[:5] - self.mean) * self.inv_std * mask
+            return self._sample(i, image, c.label, c.rows, c.cols, c.depth, c.point_label)
         scan = read_scan(self.root, record, self.file_format, self.label_map)
         if augment:
             scan = self.augment(scan, rng)
         proj = project_scan(scan, self.geometry)
         labels = scan.labels if scan.labels is not None else np.zeros(scan.num_points, np.int64)
-        return self._sample(
-            i, gather_channels(scan.points, proj), pixel_labels(labels, proj), proj.rows, proj.cols, proj.depth,
-            labels,
-        )  # fmt: skip
+        image = gather_channels(scan.points, proj, self.mean, self.std)  # normalised
+        return self._sample(i, image, pixel_labels(labels, proj), proj.rows, proj.cols, proj.depth, labels)
 
     def _sample(
         self,
@@ -178,13 +180,11 @@ class RangeDataset(Dataset):
         depth: np.ndarray,
         labels: np.ndarray,
     ) -> dict[str, Any]:
-        """Normalise the (6, H, W) channels and pack the sample dict (see the module docstring)."""
-        mask = image[5] > 0
-        image[:5] = (image[:5] - self.mean) * self.inv_std * mask
+        """Pack the sample dict (see the module docstring) around the normalised (6, H, W) ``image``."""
         sample: dict[str, Any] = {
             "input": torch.from_numpy(image),
             "label": torch.from_numpy(pixel_label),
-            "mask": torch.from_numpy(mask),
+            "mask": torch.from_numpy(image[5] > 0),
             "num_points": len(rows),
             "index": i,
             "scan_id": self.records[i].scan_id,
