@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import numba
 import pytest
 from bench_modules import load_bench
 
@@ -88,3 +90,30 @@ def test_render_states_the_table_verdicts_and_commands() -> None:
     assert "| cps | 17.0 ± 2.6 | 32.0 ± 0.0 | – |" in text
     assert "**not met**" in text and "**met**" in text
     assert "rangecps-train --labels 1%" in text
+
+
+def test_readme_results_section_is_generated_from_the_committed_results() -> None:
+    # Numbers in the README's results section come from study.json and PERFORMANCE.json, never by hand.
+    readme_results = load_bench("readme_results")
+    readme = readme_results.README.read_text()
+    study = json.loads((readme_results.HERE / "study.json").read_text())
+    performance = json.loads((readme_results.HERE / "PERFORMANCE.json").read_text())
+    assert readme_results.render_readme(readme, study, performance) == readme
+    assert len({r["seed"] for r in study["runs"]}) == 3
+    assert {(r["method"], r["labels"]) for r in study["runs"]} == {
+        (m, lab) for m in ("sup_only", "cps", "cps_lasermix") for lab in ("1%", "10%")
+    } | {("sup_only", "100%")}
+
+
+def test_run_all_rows_and_one_real_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    run_all = load_bench("run_all")
+    r = run_all.row("x", [2.0, 4.0, 3.0], scans=2, baseline="b", baseline_ms=[30.0, 30.0])
+    assert r["median_ms"] == 3.0 and r["scans_per_s"] == pytest.approx(2000 / 3) and r["ratio"] == 10.0
+    threads = numba.get_num_threads()
+    try:
+        run_all.run_stage("projection")  # a child process's job: it pins numba to one thread
+    finally:
+        numba.set_num_threads(threads)
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rows[0]["stage"] == "projection" and rows[0]["ratio"] > 1.0 and rows[0]["peak_rss_mib"] > 0
+    assert "| projection" in run_all.table(rows)
