@@ -12,7 +12,7 @@ CPS runs are scored with net ``a`` alone (last checkpoint, no ensembling), so th
 it by ``study_report.py``) into ``--out``. Finished runs are skipped, so an interrupted study continues where it
 stopped.
 
-    python benchmarks/study.py                 # the full study: 21 runs, about 75 min on 2 CPU cores
+    python benchmarks/study.py                 # the full study: 21 runs, about 70 min on 2 CPU cores
     python benchmarks/study.py --seeds 0 --max-steps 12 --out /tmp/study   # a quick smoke run
 """
 
