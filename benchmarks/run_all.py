@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import resource
 import statistics
@@ -42,9 +43,9 @@ Row = dict[str, Any]
 
 
 def _bench(name: str) -> Any:
-    """A sibling benchmark module, imported only by the stage that uses it."""
-    sys.path.insert(0, str(HERE))
-    return __import__(name)
+    """A sibling benchmark module, imported only by the stage that uses it (``benchmarks/`` is already on the
+    path: ``common`` above comes from there)."""
+    return importlib.import_module(name)
 
 
 def row(name: str, times_ms: list[float], scans: float = 1.0, baseline: str | None = None,
