@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from rangecps.atomic import atomic_write
-from rangecps.eval.knn import _numba_kernel, inverse_gaussian_weights, knn_numba, knn_torch
+from rangecps.eval.knn import _numba_kernel, _pad_images, inverse_gaussian_weights, knn_numba, knn_torch
 
 NUM_CLASSES = 20
 
@@ -163,11 +163,12 @@ def main() -> None:
     # (compile, or load from numba's on-disk cache) is reported beside it.
     tiny = synthetic_scan(1, h=8, w=64, num_points=300, visible=250)
     uncached = numba.njit(parallel=True, nogil=True, boundscheck=False)(_numba_kernel(5, 5).py_func)
+    padded = _pad_images(tiny["proj_range"], tiny["proj_argmax"], 2, True)
     weights = inverse_gaussian_weights(5, 1.0)
     t0 = time.perf_counter()
     uncached(
-        tiny["proj_range"], tiny["proj_argmax"], tiny["unproj_range"], tiny["rows"], tiny["cols"], weights,
-        np.float32(1.0), True, np.empty(300, dtype=np.int64),
+        *padded, tiny["unproj_range"], tiny["rows"], tiny["cols"], weights, np.float32(1.0),
+        np.empty(300, dtype=np.int64),
     )  # fmt: skip
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -168,37 +168,57 @@ def knn_reference(
     return out
 
 
+def _pad_images(
+    proj_range: np.ndarray, proj_argmax: np.ndarray, pad: int, wrap: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(H + 2 pad, W + 2 pad)`` copies of the range and label images whose border holds what the window sees.
+
+    Rows beyond the image are empty (range -1, label 0). Columns beyond it repeat the other side of the seam
+    when ``wrap``, else they are empty too. With this border every window is in bounds, so the kernel needs no
+    bounds or seam branches.
+    """
+    h, w = proj_range.shape
+    ranges = np.full((h + 2 * pad, w + 2 * pad), -1.0, dtype=np.float32)
+    labels = np.zeros((h + 2 * pad, w + 2 * pad), dtype=np.int64)
+    for padded, image in ((ranges, proj_range), (labels, proj_argmax)):
+        padded[pad : pad + h, pad : pad + w] = image
+        if wrap and pad:
+            padded[pad : pad + h, :pad] = image[:, w - pad :]
+            padded[pad : pad + h, w + pad :] = image[:, :pad]
+    return ranges, labels
+
+
 @functools.cache
 def _numba_kernel(knn: int, search: int) -> Callable[..., None]:
-    """The numba kernel specialised for one ``(knn, search)``.
+    """The numba kernel specialised for one ``(knn, search)``; it reads images padded by ``_pad_images``.
 
     Constant trip counts let LLVM unroll the window and the k-slot insertion (measured about 1.6x faster than
     runtime bounds). numba's on-disk cache keys closures on their captured values, so each pair compiles once
     per machine. Branch mispredictions dominated earlier versions that rejected candidates early (a plain
-    insertion with early rejection was 2-3x slower), so the hot loops are branch-free: invalid candidates get
-    the key ``inf``, and the k best keys are kept by a min/max insertion network.
+    insertion with early rejection was 2-3x slower), so the hot loops are branch-free: invalid candidates are
+    not packed, and the k best keys are kept by a min/max insertion network. Indices are unsigned because
+    numba wraps negative signed indices, which cost two extra instructions per load (unsigned: 15% faster).
     """
     area = search * search
-    pad = search // 2
     center = area // 2
-    index_mask = (1 << _INDEX_BITS) - 1
     no_candidate = np.int64(_FLOAT32_INF_BITS) << _INDEX_BITS  # every key >= this is "no candidate"
+    u64 = np.uint64
+    size = u64(search)
 
     @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
     def kernel(
-        proj_range: np.ndarray,
-        proj_argmax: np.ndarray,
+        padded_range: np.ndarray,
+        padded_label: np.ndarray,
         unproj_range: np.ndarray,
         rows: np.ndarray,
         cols: np.ndarray,
         weights: np.ndarray,
         limit: np.float32,
-        wrap: bool,
         out: np.ndarray,
     ) -> None:
-        h, w = proj_range.shape
-        flat_range = proj_range.reshape(-1)
-        flat_label = proj_argmax.reshape(-1)
+        stride = u64(padded_range.shape[1])
+        flat_range = padded_range.reshape(-1)
+        flat_label = padded_label.reshape(-1)
         inf = np.float32(np.inf)
         n = rows.shape[0]
         chunk = 1024
@@ -206,52 +226,32 @@ def _numba_kernel(knn: int, search: int) -> Callable[..., None]:
             # Per-chunk scratch, reused for every point of the chunk.
             dist = np.empty(area, dtype=np.float32)
             dist_bits = dist.view(np.int32)  # non-negative float32s order like their bit patterns
-            pixel = np.zeros(area, dtype=np.int64)
-            best = np.empty(knn, dtype=np.int64)
             keys = np.empty(area, dtype=np.int64)
+            best = np.empty(knn, dtype=np.int64)
             labels = np.empty(knn, dtype=np.int64)
             for i in range(ci * chunk, min(n, (ci + 1) * chunk)):
-                r = rows[i]
-                c = cols[i]
-                if r < 0:
+                if rows[i] < 0:
                     out[i] = 0
                     continue
                 rp = unproj_range[i]
-                near_seam = c < pad or c >= w - pad
+                corner = u64(rows[i]) * stride + u64(cols[i])  # the window's top-left pixel, padded image
                 for a in range(search):
-                    rr = r + a - pad
-                    if rr < 0 or rr >= h:
-                        for b in range(search):
-                            dist[a * search + b] = inf
-                        continue
-                    if not near_seam:
-                        base = rr * w + c - pad
-                        for b in range(search):
-                            j = a * search + b
-                            nr = flat_range[base + b]
-                            d = abs(nr - rp) * weights[j]
-                            # `&`, not `and`: short-circuit operators compile to branches that the
-                            # random validity pattern mispredicts (measured 2x slower).
-                            dist[j] = d if (nr >= 0) & (d <= limit) else inf
-                            pixel[j] = base + b
-                    else:  # within pad columns of the seam: rare
-                        for b in range(search):
-                            j = a * search + b
-                            cc = c + b - pad
-                            inside = wrap | ((cc >= 0) & (cc < w))
-                            idx = rr * w + (cc + w) % w
-                            nr = flat_range[idx]
-                            d = abs(nr - rp) * weights[j]
-                            dist[j] = d if inside & (nr >= 0) & (d <= limit) else inf
-                            pixel[j] = idx
+                    row_start = corner + u64(a) * stride
+                    for b in range(search):
+                        j = a * search + b
+                        nr = flat_range[row_start + u64(b)]
+                        d = abs(nr - rp) * weights[j]
+                        # `&`, not `and`: short-circuit operators compile to branches that the random
+                        # validity pattern mispredicts (measured 2x slower).
+                        dist[j] = d if (nr >= 0) & (d <= limit) else inf
                 dist[center] = 0.0  # the point against its own range; 0 <= limit always
                 for s in range(knn):
                     best[s] = no_candidate
                 # Keys of the real candidates, packed to the front without branches; then the insertion network.
-                m = 0
+                m = u64(0)
                 for j in range(area):
                     keys[m] = (np.int64(dist_bits[j]) << _INDEX_BITS) | j
-                    m += dist_bits[j] != _FLOAT32_INF_BITS
+                    m += u64(dist_bits[j] != _FLOAT32_INF_BITS)
                 for t in range(m):
                     key = keys[t]
                     for s in range(knn):
@@ -260,7 +260,9 @@ def _numba_kernel(knn: int, search: int) -> Callable[..., None]:
                         key = max(kept, key)
                 for s in range(knn):
                     key = best[s]
-                    labels[s] = flat_label[pixel[key & index_mask]] * (key < no_candidate)
+                    j = u64(key & ((1 << _INDEX_BITS) - 1))
+                    pixel = corner + (j // size) * stride + j % size
+                    labels[s] = flat_label[pixel] * (key < no_candidate)
                 # Winner = most votes, then lowest class: maximise (count << 16) | (0xFFFF - class) over the
                 # chosen labels, counted pairwise (k*k compares beat a votes array's load-store chains).
                 top = 0
@@ -270,7 +272,8 @@ def _numba_kernel(knn: int, search: int) -> Callable[..., None]:
                     for t in range(knn):
                         count += labels[t] == lab
                     top = max(top, ((np.int64(count) << 16) | (0xFFFF - lab)) * (lab > 0))
-                out[i] = 0xFFFF - (top & 0xFFFF) if top > 0 else flat_label[r * w + c]
+                own = flat_label[corner + u64(search // 2) * (stride + u64(1))]
+                out[i] = 0xFFFF - (top & 0xFFFF) if top > 0 else own
 
     return kernel
 
@@ -303,17 +306,18 @@ def knn_numba(
     Returns:
         ``(N,) int64`` train id of every point.
     """
-    proj_range = np.ascontiguousarray(proj_range, dtype=np.float32)
-    proj_argmax = np.ascontiguousarray(proj_argmax, dtype=np.int64)
+    proj_range = np.asarray(proj_range, dtype=np.float32)
+    proj_argmax = np.asarray(proj_argmax, dtype=np.int64)
     unproj_range = np.ascontiguousarray(unproj_range, dtype=np.float32)
     rows = np.ascontiguousarray(rows, dtype=np.int32)
     cols = np.ascontiguousarray(cols, dtype=np.int32)
     _check_inputs(proj_range, proj_argmax, unproj_range, rows, cols, num_classes, knn, search, sigma, cutoff)
     out = np.empty(len(unproj_range), dtype=np.int64)
+    padded_range, padded_label = _pad_images(proj_range, proj_argmax, search // 2, bool(wrap))
     weights = inverse_gaussian_weights(search, sigma)
     limit = np.float32(cutoff) if cutoff > 0 else np.float32(np.inf)
     kernel = _numba_kernel(int(knn), int(search))
-    kernel(proj_range, proj_argmax, unproj_range, rows, cols, weights, limit, bool(wrap), out)
+    kernel(padded_range, padded_label, unproj_range, rows, cols, weights, limit, out)
     return out
 
 
