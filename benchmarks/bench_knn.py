@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from rangecps.atomic import atomic_write
-from rangecps.eval.knn import _numba_kernel, _pad_images, inverse_gaussian_weights, knn_numba, knn_torch
+from rangecps.eval.knn import inverse_gaussian_weights, knn_numba, knn_torch
+from rangecps.eval.knn.cpu import numba_kernel, pad_images
 
 NUM_CLASSES = 20
 
@@ -162,13 +163,13 @@ def main() -> None:
     # Compile time: a cache-less copy of the kernel compiles from scratch; the cached kernel's first call
     # (compile, or load from numba's on-disk cache) is reported beside it.
     tiny = synthetic_scan(1, h=8, w=64, num_points=300, visible=250)
-    uncached = numba.njit(parallel=True, nogil=True, boundscheck=False)(_numba_kernel(5, 5).py_func)
-    padded = _pad_images(tiny["proj_range"], tiny["proj_argmax"], 2, True)
+    uncached = numba.njit(parallel=True, nogil=True, boundscheck=False)(numba_kernel(5, 5).py_func)
+    padded = pad_images(tiny["proj_range"], tiny["proj_argmax"], 2, True)
     weights = inverse_gaussian_weights(5, 1.0)
     t0 = time.perf_counter()
     uncached(
         *padded, tiny["unproj_range"], tiny["rows"], tiny["cols"], weights, np.float32(1.0),
-        np.empty(300, dtype=np.int64),
+        numba.get_num_threads(), np.empty(300, dtype=np.int64),
     )  # fmt: skip
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()

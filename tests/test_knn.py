@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 import torch
 from bench_modules import load_bench
 
 from rangecps.eval.knn import knn_numba, knn_postprocess, knn_reference, knn_torch
+from rangecps.eval.knn.cpu import _claim
 
 EMPTY = -1.0
 
@@ -315,3 +317,42 @@ def test_real_nuscenes_scan_all_implementations_agree() -> None:
     own = pseudo[proj.rows[held], proj.cols[held]]
     changed = np.mean(fast[held] != own)
     assert 0.0 < changed < 0.2, changed  # the vote relabels depth edges and occluded points, not the bulk
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 5])
+def test_claims_cover_every_chunk_exactly_once_in_any_interleaving(workers: int) -> None:
+    # The kernel's work stealing, replayed one claim at a time in random orders: owners take their segment from
+    # the front, the others steal from the back, and no chunk is skipped or labelled twice.
+    rng = np.random.default_rng(workers)
+    for n_chunks in (0, 1, workers - 1, 7, 40):
+        front = np.array([s * n_chunks // workers for s in range(workers)], dtype=np.int64)
+        back = np.array([(s + 1) * n_chunks // workers for s in range(workers)], dtype=np.int64)
+        hops = [0] * workers
+        claimed: list[int] = []
+        while any(h < workers for h in hops):
+            w = int(rng.choice([w for w in range(workers) if hops[w] < workers]))
+            chunk = _claim(front, back, (w + hops[w]) % workers, hops[w] == 0)
+            if chunk < 0:
+                hops[w] += 1
+            else:
+                claimed.append(chunk)
+        assert sorted(claimed) == list(range(n_chunks))
+
+
+def test_numba_labels_do_not_depend_on_the_thread_count() -> None:
+    # 30 chunks of 1024 points: with two threads each steals from the other's segment once its own is done.
+    rng = np.random.default_rng(5)
+    scan = random_scan(rng, 32, 512, n=30_000, k=6, levels=True)
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            numba.set_num_threads(threads)
+            results.append(knn_numba(**scan, num_classes=6))
+    finally:
+        numba.set_num_threads(before)
+    for labels in results[1:]:
+        np.testing.assert_array_equal(labels, results[0])
+    subset = rng.choice(len(results[0]), size=500, replace=False)
+    sub = dict(scan, **{k: scan[k][subset] for k in ("unproj_range", "rows", "cols")})
+    np.testing.assert_array_equal(knn_reference(**sub, num_classes=6), results[0][subset])
