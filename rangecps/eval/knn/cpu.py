@@ -176,7 +176,7 @@ def knn_numba(
     cutoff: float = 1.0,
     wrap: bool = True,
 ) -> np.ndarray:
-    """kNN post-processing on CPU (numba, parallel over points).
+    """kNN post-processing on CPU (numba; the threads share the points by work stealing).
 
     Args:
         proj_range: ``(H, W) float32`` range image, negative where a pixel is empty.
