@@ -11,7 +11,7 @@ import torch
 from bench_modules import load_bench
 
 from rangecps.eval.knn import knn_numba, knn_postprocess, knn_reference, knn_torch
-from rangecps.eval.knn.cpu import _claim
+from rangecps.eval.knn.cpu import _claim, _segments
 
 EMPTY = -1.0
 
@@ -325,8 +325,7 @@ def test_claims_cover_every_chunk_exactly_once_in_any_interleaving(workers: int)
     # the front, the others steal from the back, and no chunk is skipped or labelled twice.
     rng = np.random.default_rng(workers)
     for n_chunks in (0, 1, workers - 1, 7, 40):
-        front = np.array([s * n_chunks // workers for s in range(workers)], dtype=np.int64)
-        back = np.array([(s + 1) * n_chunks // workers for s in range(workers)], dtype=np.int64)
+        front, back = _segments(n_chunks, workers)
         hops = [0] * workers
         claimed: list[int] = []
         while any(h < workers for h in hops):
@@ -340,7 +339,7 @@ def test_claims_cover_every_chunk_exactly_once_in_any_interleaving(workers: int)
 
 
 def test_numba_labels_do_not_depend_on_the_thread_count() -> None:
-    # 30 chunks of 1024 points: with two threads each steals from the other's segment once its own is done.
+    # 30 chunks of 1024 points: with two threads, the one that finishes its segment first steals from the other's.
     rng = np.random.default_rng(5)
     scan = random_scan(rng, 32, 512, n=30_000, k=6, levels=True)
     before = numba.get_num_threads()

@@ -32,6 +32,17 @@ def pad_images(
 
 
 @numba.njit(cache=True, nogil=True)
+def _segments(n_chunks: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """``front, back`` (workers,) int64: segment ``s`` of the chunks is ``[front[s], back[s])``, sizes within one."""
+    front = np.empty(workers, dtype=np.int64)
+    back = np.empty(workers, dtype=np.int64)
+    for s in range(workers):
+        front[s] = s * n_chunks // workers
+        back[s] = (s + 1) * n_chunks // workers
+    return front, back
+
+
+@numba.njit(cache=True, nogil=True)
 def _claim(front: np.ndarray, back: np.ndarray, segment: int, own: bool) -> int:
     """Claim the next chunk of ``segment``: from its front for its owner, else from its back; -1 when none is left.
 
@@ -94,11 +105,7 @@ def numba_kernel(knn: int, search: int) -> Callable[..., None]:
         inf = np.float32(np.inf)
         n = rows.shape[0]
         n_chunks = (n + chunk - 1) // chunk
-        front = np.empty(workers, dtype=np.int64)
-        back = np.empty(workers, dtype=np.int64)
-        for s in range(workers):
-            front[s] = s * n_chunks // workers
-            back[s] = (s + 1) * n_chunks // workers
+        front, back = _segments(n_chunks, workers)
         for worker in numba.prange(workers):
             # Per-worker scratch, reused for every point.
             dist = np.empty(area, dtype=np.float32)
