@@ -39,13 +39,25 @@ class ConfigError(ValueError):
 
 @dataclass
 class AugmentConfig:
-    """Train-time augmentations applied to labeled and unlabeled scans before projection."""
+    """Train-time augmentations, applied in this order: minimum distance, drop, flip, scale, rotate, translate,
+    point noise (to the points, before projection), then the column roll (to the range image). The order is the
+    LaserMix release's."""
 
-    rotate: bool = True  # random yaw in [0, 2 pi)
-    flip: bool = True  # random mirror across the x and/or y axis
-    scale: tuple[float, float] = (0.95, 1.05)  # uniform scaling range
-    jitter: float = 0.0  # std (m) of gaussian noise on xyz
-    dropout: float = 0.0  # share of points dropped at random
+    min_distance: float = 0.0  # drop points nearer than this (m, horizontal): the nuScenes release's 0.9
+    dropout: float = 0.0  # drop a share drawn from U[0, dropout) of the points (the release: 0.1)
+    flip: bool = True  # mirror x and y each with probability 1/2 (= one of none, x, y, both)
+    # Scale factor: "uniform" draws U(scale[0], scale[1]); "up_or_inverse" draws U(1, scale[1]) and with
+    # probability 1/2 uses 1 / scale[1] instead (the KITTI release); "up_or_reciprocal" draws U(1, scale[1]) and
+    # with probability 1/2 uses its reciprocal (the nuScenes release).
+    scale: tuple[float, float] = (0.95, 1.05)
+    scale_mode: Literal["uniform", "up_or_inverse", "up_or_reciprocal"] = "uniform"
+    scale_z: bool = True  # scale z as well (the KITTI release scales x and y only)
+    rotate: bool = True  # yaw drawn uniformly from a full turn
+    translate: float = (
+        0.0  # std (m) of one global shift of the scan per axis, clipped at 3 std (release "jitter")
+    )
+    point_noise: float = 0.0  # std (m) of independent gaussian noise on every point's x, y, z
+    roll: bool = False  # roll the range image by a random number of columns in [100, W - 100] (the release)
 
 
 @dataclass
@@ -59,9 +71,13 @@ class DataConfig:
     batch_size: int = 2  # labeled scans per step and process
     unlabeled_batch_size: int = 2  # unlabeled scans per step and process (CPS methods)
     num_workers: int = 2
-    # None: the dataset's native range image (64x2048 KITTI, 32x1920 nuScenes); set only for CPU-sized runs.
+    # None: the dataset's native range image (64x2048 KITTI, 32x1920 nuScenes).
     height: int | None = None
     width: int | None = None
+    # Input channels (range, x, y, z, intensity, mask). "normalised": (value - mean) / std of the training scans,
+    # 0 where empty. "released": the LaserMix release's encoding: KITTI formats range/80, x/50, y/50, z/3,
+    # intensity; nuScenes formats raw values with the horizontal range; empty pixels hold -1 before the scaling.
+    input: Literal["normalised", "released"] = "normalised"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -73,9 +89,15 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
+    # "released": the LaserMix range-view release's formulas (CE averaged over all pixels, Dice over the batch,
+    # Lovasz over the local batch, its boundary loss); "rangecps": CE and Lovasz over labelled projected pixels,
+    # each a mean over scans, and the boundary loss with theta dilation. See rangecps.losses.
+    recipe: Literal["released", "rangecps"] = "rangecps"
     ce: float = 1.0
+    dice: float = 0.0  # the Dice term of the release's CrossEntropyDiceLoss
     lovasz: float = 3.0
     boundary: float = 0.0
+    aux: float = 1.0  # weight of each auxiliary head's loss (CENet; the CENet release's lamda)
     class_weights: bool = True  # CE weights 1 / (frequency + eps) from the training labels
     cps: float = 1.0  # lambda of the cross pseudo supervision term
     cps_threshold: float = 0.0  # pseudo-labels below this confidence are ignored (0 keeps all)
@@ -86,6 +108,7 @@ class OptimConfig:
     lr: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.01
+    eps: float = 1e-6  # AdamW epsilon (the release's; torch's default is 1e-8)
     pct_start: float = 0.2
     div_factor: float = 25.0
     final_div_factor: float = 100.0
@@ -96,6 +119,8 @@ class OptimConfig:
 class TrainConfig:
     method: Literal["sup_only", "cps", "cps_lasermix"] = "cps"
     epochs: int = 50
+    # Epochs per labeled share (keys as data.labels, e.g. "10%"), overriding ``epochs`` for that share.
+    epochs_by_labels: dict[str, int] = field(default_factory=dict)
     max_steps: int | None = (
         None  # stop early (CPU-sized runs); total steps still follow from epochs otherwise
     )
@@ -162,6 +187,13 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {
+            _check_type(k, args[0], f"{where} key"): _check_type(v, args[1], f"{where}[{k!r}]")
+            for k, v in value.items()
+        }
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not (

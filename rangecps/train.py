@@ -6,7 +6,9 @@ Run folder layout::
     splits/            labeled.txt and unlabeled.txt: the exact scans of this run
     metrics.jsonl      one JSON line per logged step and per validation
     tb/                TensorBoard scalars
-    last.pt, best.pt   atomic checkpoints (best: highest validation range-pixel mIoU)
+    last.pt            atomic checkpoint of the latest state
+    best.pt            the nets at their best validation range-pixel mIoU: each net's own best (a CPS run keeps
+                       net a's and net b's best steps side by side; ``best_steps`` says which)
     summary.json       final figures
 
 Learning rate under DDP: ``optim.lr`` is used as given whatever the number of processes; the global batch is
@@ -180,7 +182,8 @@ def train(
         info.world,
         unlabeled_size=len(data.split.unlabeled),
     )
-    total_steps = cfg.train.epochs * loader.steps_per_epoch
+    epochs = cfg.train.epochs_by_labels.get(cfg.data.labels, cfg.train.epochs)
+    total_steps = epochs * loader.steps_per_epoch
     stop_step = min(total_steps, cfg.train.max_steps or total_steps)
 
     amp = amp_dtype(cfg.train.amp, device)
@@ -196,7 +199,11 @@ def train(
         nets.append(net)
     opts = [
         torch.optim.AdamW(
-            n.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
+            n.parameters(),
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            weight_decay=cfg.optim.weight_decay,
+            eps=cfg.optim.eps,
         )
         for n in nets
     ]
@@ -224,6 +231,7 @@ def train(
         "in_channels": len(CHANNELS),
         "height": data.geometry.height,
         "width": data.geometry.width,
+        "epochs": epochs,
         "steps_per_epoch": loader.steps_per_epoch,
         "total_steps": total_steps,
         "world_size": info.world,
@@ -233,7 +241,10 @@ def train(
         "split_source": data.split.source,
         "revision": code_revision(),
     }
-    step, best = 0, -1.0
+    step = 0
+    # Each net's best validation score, the step it was reached and its weights then (best.pt holds them).
+    best, best_steps = [-1.0] * n_nets, [0] * n_nets
+    best_nets: list[dict[str, torch.Tensor] | None] = [None] * n_nets
     ckpt_path = Path(resume) if resume not in (None, "auto") else out_dir / "last.pt"
     if resume is not None and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, device)
@@ -246,7 +257,9 @@ def train(
         if state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"], generator)
-        step, best = state["step"], state["best"]
+        step, best, best_steps = state["step"], list(state["best"]), list(state["best_steps"])
+        if (out_dir / "best.pt").is_file():
+            best_nets = list(load_checkpoint(out_dir / "best.pt", "cpu")["nets"])
     elif resume not in (None, "auto"):
         raise FileNotFoundError(f"{ckpt_path}: checkpoint to resume from not found")
 
@@ -275,7 +288,24 @@ def train(
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "step": step,
                 "best": best,
+                "best_steps": best_steps,
                 "rng": rng_state(generator),
+                "config": resolved,
+                "derived": derived,
+                "revision": derived["revision"],
+                "label_names": list(data.label_map.names),
+            },
+        )
+
+    def save_best() -> None:
+        """best.pt: every net at its own best validation step, with what evaluation needs to rebuild them."""
+        save_checkpoint(
+            out_dir / "best.pt",
+            {
+                "nets": best_nets,
+                "step": step,
+                "best": best,
+                "best_steps": best_steps,
                 "config": resolved,
                 "derived": derived,
                 "revision": derived["revision"],
@@ -332,10 +362,14 @@ def train(
             if step % cfg.train.val_every == 0 or step == stop_step:
                 val = validate(nets, data, device, amp, info, cfg.data.batch_size, cfg.data.num_workers)
                 log.log(step, val, "val")
-                score = max(val.values())
-                if main and score > best:
-                    best = score
-                    checkpoint(out_dir / "best.pt")
+                improved = False
+                for k, net in enumerate(nets):
+                    score = val[f"miou_{'ab'[k]}"]
+                    if score > best[k]:
+                        best[k], best_steps[k], improved = score, step, True
+                        best_nets[k] = {n: t.detach().cpu().clone() for n, t in net.state_dict().items()}
+                if main and improved:
+                    save_best()
             if main and (step % cfg.train.ckpt_every == 0 or step == stop_step):
                 checkpoint(out_dir / "last.pt")
             if step >= stop_step:
@@ -352,6 +386,7 @@ def train(
         "val_pixel_miou": val,
         "rank": info.rank,
         "best_val_pixel_miou": best,
+        "best_steps": best_steps,
         "revision": derived["revision"],
     }
     if main:

@@ -10,7 +10,17 @@ import torch
 
 from rangecps.config import AugmentConfig
 from rangecps.data import DATASETS
-from rangecps.data.augment import Compose, PointDropout, RandomFlip, RandomRotate, RandomScale, build_augment
+from rangecps.data.augment import (
+    Compose,
+    MinDistance,
+    PointDropout,
+    PointNoise,
+    RandomFlip,
+    RandomRotate,
+    RandomScale,
+    RandomTranslate,
+    build_augment,
+)
 from rangecps.data.dataset import CHANNELS, RangeDataset, collate
 from rangecps.data.loader import RepeatedShardSampler, semi_supervised_loader
 from rangecps.data.prep import DatasetProblems, load_prepared, prepare
@@ -139,7 +149,16 @@ def test_augmentations_keep_labels_attached() -> None:
     labels = rng.integers(1, 20, size=500)
     pts[:, 3] = labels  # intensity carries the label: no transform changes intensity
     scan = Scan(points=pts, ring=np.arange(500, dtype=np.int32) % 32, labels=labels)
-    for t in (RandomRotate(), RandomFlip(), RandomScale(0.9, 1.1), PointDropout(0.3)):
+    for t in (
+        RandomRotate(),
+        RandomFlip(),
+        RandomScale(0.9, 1.1),
+        RandomScale(1.0, 1.05, "up_or_inverse", z=False),
+        RandomTranslate(0.1),
+        PointNoise(0.05),
+        PointDropout(0.3),
+        MinDistance(5.0),
+    ):
         out = t(scan, np.random.default_rng(1))
         np.testing.assert_array_equal(out.points[:, 3], out.labels)
         assert len(out.ring) == len(out.points)
@@ -151,11 +170,17 @@ def test_augmentations_keep_labels_attached() -> None:
     assert not np.allclose(rot.points[:, 0], pts[:, 0])
 
 
-def test_compose_fuses_linear_transforms_into_the_same_geometry() -> None:
+def test_compose_fuses_affine_transforms_into_the_same_geometry() -> None:
     rng = np.random.default_rng(3)
     pts = rng.normal(size=(300, 4)).astype(np.float32) * 20
     scan = Scan(points=pts, labels=rng.integers(1, 20, size=300))
-    steps = (PointDropout(0.2), RandomRotate(), RandomFlip(), RandomScale(0.8, 1.2))
+    steps = (
+        PointDropout(0.2),
+        RandomFlip(),
+        RandomScale(1.0, 1.05, "up_or_reciprocal"),
+        RandomRotate(),
+        RandomTranslate(0.2),
+    )
     for seed in range(4):  # seeds with and without flips
         fused = Compose(steps)(scan, np.random.default_rng(seed))
         one_by_one, draws = scan, np.random.default_rng(seed)
@@ -171,9 +196,11 @@ def test_sampler_shards_one_global_stream() -> None:
     shards = [list(RepeatedShardSampler(10, 24, seed=5, rank=r, world=2)) for r in range(2)]
     stream = list(full)
     assert shards[0] == stream[0::2] and shards[1] == stream[1::2]
+    assert [pos for _, pos in stream] == list(range(24))  # keys carry their place in the global stream
+    stream = [i for i, _ in stream]
     assert sorted(stream[:10]) == list(range(10))  # each pass is a permutation
     full.set_epoch(1)
-    assert list(full) != stream
+    assert [i for i, _ in full] != stream
 
 
 def test_semi_supervised_loader_covers_unlabeled_once(synthetic_kitti: Path, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ class DataBundle:
     label_map: LabelMap
     geometry: Geometry
     split: LabeledSplit
+    encoding: str = "normalised"  # data.input
 
     @property
     def num_classes(self) -> int:
@@ -65,6 +66,8 @@ class DataBundle:
             seed,
             with_points=with_points,
             cache_dir=self.cache_dir(),
+            encoding=self.encoding,
+            roll=augment is not None and augment.roll,
         )
 
     def cache_dir(self) -> Path | None:
@@ -108,4 +111,5 @@ def build_data(cfg: Config, progress: bool = True) -> DataBundle:
         label_map=load_label_map(dataset_cls.label_map),
         geometry=resolve_geometry(dataset_cls, cfg.data.height, cfg.data.width),
         split=split,
+        encoding=cfg.data.input,
     )

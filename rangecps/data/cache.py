@@ -6,11 +6,12 @@ range-image equivalents, so cached scans can still be augmented:
 
 - a yaw rotation by ``2 pi k / W`` shifts every column by ``k`` (and rotates the x, y channels);
 - mirroring y (``y -> -y``) maps column ``c`` to ``W - 1 - c``; mirroring x maps it to ``W / 2 - 1 - c`` (mod W);
-- scaling multiplies range, x, y and z and moves no point to another pixel.
+- scaling x, y and z alike multiplies range, x, y and z and moves no point to another pixel.
 
 The nearest point of each pixel stays the nearest, so these equal projecting the transformed points (up to points
-lying exactly on a column edge). Jitter and point dropout change which point wins a pixel: with them, the dataset
-reads and projects the points as usual. Rotations are drawn on the grid of ``W`` column shifts.
+lying exactly on a column edge). Point dropout, translation, point noise and scaling of x and y alone change which
+point wins a pixel or which row a point falls in: with them, the dataset reads and projects the points as usual.
+Rotations are drawn on the grid of ``W`` column shifts.
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ def read_cached(path: Path) -> CachedScan:
 
 def usable(augment: Compose | None) -> bool:
     """Whether ``augment`` has an exact range-image equivalent (or is empty)."""
-    return augment is None or all(isinstance(t, IMAGE_TRANSFORMS) for t in augment.transforms)
+    return augment is None or all(
+        isinstance(t, IMAGE_TRANSFORMS) and (not isinstance(t, RandomScale) or t.z)
+        for t in augment.transforms
+    )
 
 
 def _remap_columns(c: CachedScan, new_col: np.ndarray) -> None:
@@ -116,7 +120,7 @@ def augment_cached(c: CachedScan, augment: Compose, rng: np.random.Generator) ->
                 y = -y
                 cols = width - 1 - cols
         elif isinstance(t, RandomScale):
-            s = np.float32(rng.uniform(t.low, t.high))
+            s = np.float32(t.factor(rng))
             c.channels = c.channels.copy()
             c.channels[[0, 3]] *= s
             x, y = x * s, y * s

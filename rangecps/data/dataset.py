@@ -4,7 +4,7 @@ A sample is one scan read from disk, augmented (training only), projected and no
 
 | key            | dtype, shape          | meaning                                                              |
 |----------------|-----------------------|----------------------------------------------------------------------|
-| ``input``      | float32 (C, H, W)     | C = 6: range, x, y, z, intensity (normalised), mask; 0 where empty |
+| ``input``      | float32 (C, H, W)     | C = 6: range, x, y, z, intensity, mask, encoded (see encoding.py)  |
 | ``label``      | int64 (H, W)          | train id of the point that won each pixel; 0 = ignore or empty       |
 | ``mask``       | bool (H, W)           | the pixel holds a point                                              |
 | ``rows``       | int64 (N,)            | pixel row of every point (occluded ones included); -1 without pixel  |
@@ -13,6 +13,7 @@ A sample is one scan read from disk, augmented (training only), projected and no
 | ``point_label``| int64 (N,)            | train id of every point; 0 = ignore (also for unlabeled scans)       |
 | ``num_points`` | int                   | N                                                                    |
 | ``index``      | int                   | position in the dataset                                             |
+| ``draw``       | int                   | the key of this draw's augmentation (see ``__getitem__``)          |
 | ``scan_id``    | str                   | ``SS/NNNNNN`` or the nuScenes sample token                           |
 
 :func:`collate` stacks the images to (B, ...) and pads the per-point arrays to the longest scan of the batch
@@ -34,10 +35,11 @@ from torch.utils.data import Dataset
 from rangecps.atomic import atomic_write
 from rangecps.data.augment import Compose
 from rangecps.data.cache import augment_cached, cache_file, read_cached, usable
+from rangecps.data.encoding import InputEncoding
 from rangecps.data.index import Geometry, ScanRecord, read_scan
 from rangecps.io import Scan
 from rangecps.labels import LabelMap
-from rangecps.projection import Projection, gather_channels, pixel_labels, project_rings, project_spherical
+from rangecps.projection import Projection, pixel_labels, project_rings, project_spherical
 
 CHANNELS = ("range", "x", "y", "z", "intensity", "mask")
 NORMALISED = CHANNELS[:5]
@@ -103,12 +105,14 @@ class RangeDataset(Dataset):
         label_map: converts raw labels to train ids; None reads no labels (unlabeled stream).
         stats: normalisation statistics.
         augment: train-time transforms, or None.
-        seed: base seed; item ``i`` in epoch ``e`` draws from ``default_rng([seed, e, i])``, so augmentations do not
-            depend on which worker loads the item.
+        seed: base seed of the augmentations (see ``__getitem__``).
         with_points: return the per-point arrays (``rows``, ``cols``, ``depth``, ``point_label``). Training reads
             pixels only and turns them off: they would triple what loader workers pass to the main process.
         cache_dir: folder of cached range images (``rangecps-prep --cache``) at this geometry; used whenever the
             augmentations have exact range-image equivalents (see :mod:`rangecps.data.cache`).
+        encoding: ``"normalised"`` or ``"released"`` (see :mod:`rangecps.data.encoding`).
+        roll: roll each image by a random number of columns in ``[100, W - 100]`` after projection (the
+            release's ``sample_transform``; ``[0, W)`` for images narrower than 200 columns).
     """
 
     def __init__(
@@ -123,6 +127,8 @@ class RangeDataset(Dataset):
         seed: int = 0,
         with_points: bool = True,
         cache_dir: Path | None = None,
+        encoding: str = "normalised",
+        roll: bool = False,
     ) -> None:
         self.root = Path(root)
         self.records = list(records)
@@ -134,9 +140,8 @@ class RangeDataset(Dataset):
         self.with_points = with_points
         self.cache_dir = cache_dir if cache_dir is not None and usable(augment) else None
         self.epoch = 0
-        self.mean = np.asarray(stats.mean, np.float32).reshape(5, 1, 1)
-        self.std = np.asarray(stats.std, np.float32).reshape(5, 1, 1)
-        self.inv_std = 1.0 / self.std
+        self.encode = InputEncoding.make(encoding, file_format, stats.mean, stats.std)
+        self.roll = roll
 
     def __len__(self) -> int:
         return len(self.records)
@@ -144,10 +149,18 @@ class RangeDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Item ``i`` for ``key = i``, or ``key = (i, draw)`` from the training samplers.
+
+        Augmentations draw from ``default_rng([seed, epoch, draw])`` (``draw = i`` for a plain index). The
+        samplers pass each item's position in the epoch's global stream as ``draw``, so every draw of a scan is
+        augmented afresh (a labeled scan repeated within an epoch is never seen twice the same way), whatever the
+        number of loader workers or processes, and a resumed run draws exactly what it would have drawn.
+        """
+        i, draw = (key, key) if isinstance(key, int) else key
         record = self.records[i]
         augment = self.augment is not None and self.augment.transforms
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+        rng = np.random.default_rng([self.seed, self.epoch, draw])
         if self.cache_dir is not None:
             c = read_cached(cache_file(self.cache_dir, record.scan_id))
             if c.channels.shape[1:] != (self.geometry.height, self.geometry.width):
@@ -158,35 +171,47 @@ class RangeDataset(Dataset):
                 c = augment_cached(c, self.augment, rng)
             if self.label_map is None:
                 c.label, c.point_label = np.zeros_like(c.label), np.zeros_like(c.point_label)
-            image = c.channels
-            mask = image[5] > 0
-            image[:5] = (image[:5] - self.mean) * self.inv_std * mask
-            return self._sample(i, image, c.label, c.rows, c.cols, c.depth, c.point_label)
+            image = self.encode.encode_raw(c.channels)
+            return self._sample(i, draw, image, c.label, c.rows, c.cols, c.depth, c.point_label, rng)
         scan = read_scan(self.root, record, self.file_format, self.label_map)
         if augment:
             scan = self.augment(scan, rng)
         proj = project_scan(scan, self.geometry)
         labels = scan.labels if scan.labels is not None else np.zeros(scan.num_points, np.int64)
-        image = gather_channels(scan.points, proj, self.mean, self.std)  # normalised
-        return self._sample(i, image, pixel_labels(labels, proj), proj.rows, proj.cols, proj.depth, labels)
+        image = self.encode(scan.points, proj)
+        return self._sample(
+            i, draw, image, pixel_labels(labels, proj), proj.rows, proj.cols, proj.depth, labels, rng
+        )
 
     def _sample(
         self,
         i: int,
+        draw: int,
         image: np.ndarray,
         pixel_label: np.ndarray,
         rows: np.ndarray,
         cols: np.ndarray,
         depth: np.ndarray,
         labels: np.ndarray,
+        rng: np.random.Generator,
     ) -> dict[str, Any]:
-        """Pack the sample dict (see the module docstring) around the normalised (6, H, W) ``image``."""
+        """Pack the sample dict (see the module docstring) around the encoded (6, H, W) ``image``, rolling the
+        columns of the images (and the points' columns) when ``roll``."""
+        if self.roll:
+            width = image.shape[-1]
+            low, high = (100, width - 100) if width > 200 else (0, width - 1)
+            shift = int(rng.integers(low, high + 1))
+            # New column j holds old column (j + shift) mod W, as the release's concatenation does.
+            image = np.roll(image, -shift, axis=-1)
+            pixel_label = np.roll(pixel_label, -shift, axis=-1)
+            cols = np.where(cols >= 0, (cols - shift) % width, cols)
         sample: dict[str, Any] = {
             "input": torch.from_numpy(image),
             "label": torch.from_numpy(pixel_label),
             "mask": torch.from_numpy(image[5] > 0),
             "num_points": len(rows),
             "index": i,
+            "draw": draw,
             "scan_id": self.records[i].scan_id,
         }
         if self.with_points:
@@ -228,5 +253,6 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
             out[key] = padded
     out["num_points"] = torch.tensor([s["num_points"] for s in samples])
     out["index"] = torch.tensor([s["index"] for s in samples])
+    out["draw"] = torch.tensor([s["draw"] for s in samples])
     out["scan_id"] = [s["scan_id"] for s in samples]
     return out

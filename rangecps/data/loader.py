@@ -6,7 +6,8 @@ this epoch length, so runs of ``sup_only`` and ``cps`` with the same epochs take
 
 Under torchrun each process takes every ``world``-th index of one global stream (the scheme of torch's
 ``DistributedSampler``), so the processes together see exactly what one process would with a ``world`` times
-larger batch. Streams are seeded from (seed, epoch): runs are reproducible whatever the number of workers.
+larger batch. Streams are seeded from (seed, epoch), and each draw's augmentation from (seed, epoch, its position in
+the global stream): runs are reproducible whatever the number of workers or processes.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from torch.utils.data import DataLoader, Sampler
 from rangecps.data.dataset import RangeDataset, collate
 
 
-class RepeatedShardSampler(Sampler[int]):
-    """Indices of a dataset of ``size`` items: shuffled passes concatenated to ``total`` indices, then every
-    ``world``-th of them from ``rank`` on, skipping the first ``start`` of this process's indices (to resume in
-    the middle of an epoch). ``len`` is ``total // world - start``."""
+class RepeatedShardSampler(Sampler[tuple[int, int]]):
+    """Keys ``(index, position)`` into a dataset of ``size`` items: shuffled passes concatenated to ``total``
+    indices (the epoch's global stream), then every ``world``-th of them from ``rank`` on, skipping the first
+    ``start`` of this process's keys (to resume in the middle of an epoch). ``position`` is the key's place in the
+    global stream, which the dataset uses to key the draw's augmentation. ``len`` is ``total // world - start``."""
 
     def __init__(self, size: int, total: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
         if size <= 0:
@@ -53,8 +55,9 @@ class RepeatedShardSampler(Sampler[int]):
         parts = [g.permutation(self.size) if self.shuffle else np.arange(self.size) for _ in range(passes)]
         return np.concatenate(parts)[: self.total]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.global_stream()[self.rank :: self.world][self.start :].tolist())
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        positions = np.arange(self.rank, self.total, self.world)[self.start :]
+        return iter(zip(self.global_stream()[positions].tolist(), positions.tolist(), strict=True))
 
     def __len__(self) -> int:
         return self.total // self.world - self.start
