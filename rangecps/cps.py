@@ -6,6 +6,16 @@
 - ``cps_lasermix`` (2 nets): as ``cps``, with every unlabeled image LaserMix-mixed with a labeled one; the labeled
   bands of a mixed image also carry their ground truth.
 
+The supervised terms follow ``LossConfig.recipe`` (formulas in :mod:`rangecps.losses`):
+
+- "rangecps": class-weighted CE over labelled, projected pixels, Lovasz and the theta-dilated boundary loss (and
+  Dice if weighted), each computed on every scan alone and averaged over scans (``per_scan``).
+- "released": the LaserMix range-view release: CE averaged over all pixels (ignored ones count 0), Dice and Lovasz
+  each pooled over the whole batch, and the release's boundary loss.
+
+In both, each auxiliary head (CENet) gets the main head's loss, weighted by ``LossConfig.aux``. The CPS term is the
+same for both recipes.
+
 The function is pure: no optimiser, no device moves, no logging. Randomness (LaserMix partitions) comes from the
 generator passed in, so a step is reproducible.
 """
@@ -19,17 +29,32 @@ from torch import nn
 
 from rangecps.config import LossConfig
 from rangecps.data.lasermix import lasermix_masks, mix_rows
-from rangecps.losses import boundary_loss, cps_loss, cross_entropy, lovasz_softmax
+from rangecps.losses import (
+    boundary_loss,
+    boundary_loss_released,
+    cps_loss,
+    cross_entropy,
+    cross_entropy_all_pixels,
+    dice_loss,
+    lovasz_softmax,
+)
 
 METHODS = {"sup_only": 1, "cps": 2, "cps_lasermix": 2}  # method -> number of nets
+# Supervised terms, each weighted by the LossConfig field of that name.
+TERMS = ("ce", "dice", "lovasz", "boundary")
+RECIPES = ("released", "rangecps")
 
 
 def per_scan(loss_fn: Callable[..., torch.Tensor], **tensors: torch.Tensor | float | None) -> torch.Tensor:
     """Mean over the scans of a batch of ``loss_fn`` computed on each scan alone.
 
-    Every loss of a step is such a mean, so a batch split over DDP processes (whose gradients DDP averages) trains
-    exactly like one process holding the whole batch. Keyword arguments that are (B, ...) tensors are sliced per
-    scan; others (class weights, thresholds) are passed unchanged.
+    The CPS loss and every supervised term of the "rangecps" recipe are such means, so with that recipe a batch
+    split over DDP processes (whose gradients DDP averages) trains exactly like one process holding the whole
+    batch. The "released" recipe's CE (a mean over pixels) and boundary loss (a mean over (scan, class) pairs) are
+    means over scans as well, since all scans have H x W pixels, but its Dice and Lovasz terms pool the batch: each
+    DDP process pools its own local batch, as the release does, so these two terms depend on the per-process batch
+    and a split batch no longer trains exactly like one process's batch. Keyword arguments that are (B, ...)
+    tensors are sliced per scan; others (class weights, thresholds) are passed unchanged.
     """
     batch = next(v.shape[0] for v in tensors.values() if isinstance(v, torch.Tensor))
 
@@ -39,6 +64,51 @@ def per_scan(loss_fn: Callable[..., torch.Tensor], **tensors: torch.Tensor | flo
     return torch.stack([loss_fn(**{k: take(v, i) for k, v in tensors.items()}) for i in range(batch)]).mean()
 
 
+def _rangecps_terms(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    cfg: LossConfig,
+    class_weight: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """One head's weighted terms of the "rangecps" recipe, each a mean over scans; terms of weight 0 are skipped."""
+    terms = {}
+    if cfg.ce:
+        terms["ce"] = per_scan(cross_entropy, logits=logits, target=target, weight=class_weight, valid=valid)
+    if cfg.dice or cfg.lovasz or cfg.boundary:
+        probs = logits.float().softmax(1)
+        if cfg.dice:
+            terms["dice"] = per_scan(dice_loss, probs=probs, target=target, valid=valid)
+        if cfg.lovasz:
+            terms["lovasz"] = per_scan(lovasz_softmax, probs=probs, target=target, valid=valid)
+        if cfg.boundary:
+            terms["boundary"] = per_scan(boundary_loss, probs=probs, target=target, valid=valid)
+    return terms
+
+
+def _released_terms(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor,
+    cfg: LossConfig,
+    class_weight: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """One head's weighted terms of the "released" recipe, on the whole batch at once; terms of weight 0 are
+    skipped. Pixels outside ``valid`` count as label 0, as the release's empty pixels do."""
+    terms = {}
+    if cfg.ce:
+        terms["ce"] = cross_entropy_all_pixels(logits, target, weight=class_weight, valid=valid)
+    if cfg.dice or cfg.lovasz or cfg.boundary:
+        probs = logits.float().softmax(1)
+        if cfg.dice:
+            terms["dice"] = dice_loss(probs, target, valid=valid)
+        if cfg.lovasz:
+            terms["lovasz"] = lovasz_softmax(probs, target, valid=valid)
+        if cfg.boundary:
+            terms["boundary"] = boundary_loss_released(probs, target, valid=valid)
+    return terms
+
+
 def supervised_loss(
     outputs: Sequence[torch.Tensor],
     target: torch.Tensor,
@@ -46,30 +116,36 @@ def supervised_loss(
     cfg: LossConfig,
     class_weight: torch.Tensor | None,
 ) -> dict[str, torch.Tensor]:
-    """Weighted CE + Lovasz (+ boundary) summed over the main and auxiliary outputs, each a mean over scans.
+    """The supervised loss of ``cfg.recipe`` over the main and auxiliary outputs.
+
+    Each term (``TERMS``) is the main head's plus ``cfg.aux`` times each auxiliary head's; ``sup`` is
+    ``cfg.ce * ce + cfg.dice * dice + cfg.lovasz * lovasz + cfg.boundary * boundary``. Terms of weight 0 are not
+    computed and read 0. "rangecps": every term is a mean over scans of the term of each scan alone (CE over
+    labelled, valid pixels, class-weighted). "released": CE over all pixels, Dice, Lovasz (pooled over the whole
+    batch, so not a mean over scans; see ``per_scan`` on DDP) and the release's boundary loss; ``class_weight``
+    is applied per pixel if given (the release uses none).
 
     Args:
         outputs: (B, K, H, W) logits, the main output first (CENet adds auxiliary heads).
         target: (B, H, W) int64 train ids, 0 = ignore (ScribbleKITTI's unlabeled points are 0 as well).
-        valid: (B, H, W) bool, projected pixels.
+        valid: (B, H, W) bool, projected pixels; the others count as label 0.
     """
+    if cfg.recipe not in RECIPES:
+        raise ValueError(f"unknown loss recipe {cfg.recipe!r}; choose one of {list(RECIPES)}")
+    head_terms = _released_terms if cfg.recipe == "released" else _rangecps_terms
     zero = torch.zeros((), device=target.device)
-    terms = {"ce": zero, "lovasz": zero, "boundary": zero}
-    for logits in outputs:
-        if cfg.ce:
-            ce = per_scan(cross_entropy, logits=logits, target=target, weight=class_weight, valid=valid)
-            terms["ce"] = terms["ce"] + ce
-        if cfg.lovasz or cfg.boundary:
-            probs = logits.float().softmax(1)
-            if cfg.lovasz:
-                terms["lovasz"] = terms["lovasz"] + per_scan(
-                    lovasz_softmax, probs=probs, target=target, valid=valid
-                )
-            if cfg.boundary:
-                terms["boundary"] = terms["boundary"] + per_scan(
-                    boundary_loss, probs=probs, target=target, valid=valid
-                )
-    terms["sup"] = cfg.ce * terms["ce"] + cfg.lovasz * terms["lovasz"] + cfg.boundary * terms["boundary"]
+    terms = dict.fromkeys(TERMS, zero)
+    # Auxiliary heads are computed even when cfg.aux is 0, so that their parameters stay in the graph (DDP
+    # without find_unused_parameters expects a gradient for every parameter).
+    for i, logits in enumerate(outputs):
+        for name, value in head_terms(logits, target, valid, cfg, class_weight).items():
+            terms[name] = terms[name] + (value if i == 0 else cfg.aux * value)
+    terms["sup"] = (
+        cfg.ce * terms["ce"]
+        + cfg.dice * terms["dice"]
+        + cfg.lovasz * terms["lovasz"]
+        + cfg.boundary * terms["boundary"]
+    )
     return terms
 
 
@@ -92,7 +168,8 @@ def cps_step(
 
     Returns:
         ``loss``: the scalar to back-propagate (sum over nets of their supervised terms + lambda * CPS), and
-        detached scalars for logging: ``sup_a`` (``sup_b``), ``cps``, ``ce``, ``lovasz``, ``boundary``.
+        detached scalars for logging: ``sup_a`` (``sup_b``), ``cps`` and the supervised terms ``ce``, ``dice``,
+        ``lovasz``, ``boundary`` (averaged over the nets).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
@@ -131,7 +208,7 @@ def cps_step(
         terms = supervised_loss([o[:n_sup] for o in outputs], y_sup, v_sup, cfg, class_weight)
         total = total + terms["sup"]
         out[f"sup_{name}"] = terms["sup"].detach()
-        for k in ("ce", "lovasz", "boundary"):
+        for k in TERMS:
             out[k] = out.get(k, 0) + terms[k].detach() / 2
     cps = per_scan(cps_loss, logits_a=mains[0], logits_b=mains[1], valid=valid, threshold=cfg.cps_threshold)
     out["cps"] = cps.detach()

@@ -1,12 +1,20 @@
-"""Losses of the range-view recipe: weighted cross-entropy, Lovasz-softmax, boundary loss, and the Cross Pseudo
-Supervision loss. Pure torch; they know no data format.
+"""Losses of the range-view recipes: cross-entropy, Dice, Lovasz-softmax, boundary loss, and the Cross Pseudo
+Supervision loss. Pure torch; they know no data format. ``rangecps.cps.supervised_loss`` combines them into two
+recipes (``LossConfig.recipe``):
+
+- "rangecps": ``cross_entropy`` (class-weighted mean over labelled, valid pixels), ``lovasz_softmax`` and
+  ``boundary_loss`` (theta-dilated BF1), each computed on every scan alone and averaged over the scans
+  (``rangecps.cps.per_scan``; for Lovasz this is the paper's per_image=True).
+- "released": the LaserMix range-view release (ldkong1205/LaserMix, ``script/trainer``): ``cross_entropy_all_pixels``
+  (mean over all B*H*W pixels, ignored ones counting 0), ``dice_loss`` (pooled over the batch),
+  ``lovasz_softmax`` called once on the whole batch (per_image=False) and ``boundary_loss_released``.
 
 Shared conventions:
 - ``logits`` (B, K, H, W) float of any dtype and ``probs`` (B, K, H, W) softmax probabilities; every loss casts
   its input to float32 and runs with autocast disabled, so it is safe inside a bf16/fp16 autocast region.
 - ``target`` (B, H, W) int64 train ids in [0, K); 0 is the ignore class (unlabelled or empty pixel).
-- ``valid`` (B, H, W) bool, optional for the supervised losses: pixels where it is False are ignored as well
-  (e.g. range-image pixels that no point projects to).
+- ``valid`` (B, H, W) bool, optional for the supervised losses: pixels where it is False count as label 0
+  (ignored; for ``boundary_loss_released``, which has no ignore class, they are class 0 like empty pixels).
 - Every loss returns a float32 scalar that stays attached to the graph (zero, not NaN) when no pixel counts.
 """
 
@@ -95,9 +103,11 @@ def lovasz_softmax(
 ) -> torch.Tensor:
     """Lovasz-softmax loss (Berman, Rannen Triki, Blaschko, CVPR 2018), the convex surrogate of 1 - IoU.
 
-    All labelled, valid pixels of the batch are pooled (the paper's per_image=False); the loss is the mean over
-    classes present in the target of the Lovasz extension of the Jaccard loss, evaluated at the per-pixel errors
-    |1[y = c] - p_c|. All classes are handled at once by sorting a (K, P) error matrix.
+    All labelled, valid pixels of the tensors given are pooled (the paper's per_image=False); the loss is the mean
+    over classes present in the target of the Lovasz extension of the Jaccard loss, evaluated at the per-pixel
+    errors |1[y = c] - p_c|. All classes are handled at once by sorting a (K, P) error matrix.
+    The "released" recipe calls it once on the whole (local) batch, as the release does; the "rangecps" recipe
+    calls it on each scan alone and averages over scans (``rangecps.cps.per_scan``, the paper's per_image=True).
     probs: (B, K, H, W) softmax probabilities.
     """
     _check(probs, target, valid, "lovasz_softmax")
@@ -124,11 +134,15 @@ def lovasz_softmax(
         return (errors_sorted * grad).sum(1).mean()
 
 
-def _boundaries(maps: torch.Tensor, keep: torch.Tensor, kernel: int) -> torch.Tensor:
+def _boundaries(maps: torch.Tensor, keep: torch.Tensor | None, kernel: int) -> torch.Tensor:
     """Soft inner boundaries of (B, K, H, W) class maps in [0, 1]: max over a kernel x kernel window of 1 - map,
     minus 1 - map itself. ``keep`` (B, 1, H, W) float zeroes ignored pixels so that an ignored neighbour does not
-    create a boundary and an ignored pixel is never one."""
-    comp = (1.0 - maps) * keep
+    create a boundary and an ignored pixel is never one; None keeps every pixel. Max-pooling pads with -inf, so
+    the image border makes no boundary."""
+    comp = 1.0 - maps
+    if keep is None:
+        return F.max_pool2d(comp, kernel, stride=1, padding=kernel // 2) - comp
+    comp = comp * keep
     return (F.max_pool2d(comp, kernel, stride=1, padding=kernel // 2) - comp) * keep
 
 
@@ -147,7 +161,9 @@ def boundary_loss(
     the other way round. The mean of 1 - BF1 is taken over (image, class) pairs whose target has a boundary, so a
     perfect prediction scores ~0. Classes 1..K-1 only; ignored pixels neither are nor create boundaries.
 
-    The CENet and LaserMix code accept theta but never dilate; ``theta=1`` reproduces that variant.
+    The CENet and LaserMix code accept theta but never dilate; ``theta=1`` drops the dilation as they do, but their
+    loss differs in other ways too (all K channels, no ignore handling, mean over all pairs): that one is
+    ``boundary_loss_released``.
     probs: (B, K, H, W) softmax probabilities. theta0, theta: odd window sizes.
     """
     _check(probs, target, valid, "boundary_loss")
@@ -168,6 +184,97 @@ def boundary_loss(
         bf1 = 2.0 * precision * recall / (precision + recall + eps)
         counted = (gt_b.sum((2, 3)) > 0).to(bf1.dtype)  # (B, K-1)
         return ((1.0 - bf1) * counted).sum() / counted.sum().clamp_min(1.0)
+
+
+# ---------------------------------------------------------------- the LaserMix release's terms
+
+
+def cross_entropy_all_pixels(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of the LaserMix release: the per-pixel loss averaged over ALL B*H*W pixels of the batch.
+
+    loss = sum_i 1[pixel i labelled and valid] * w[y_i] * nll_i / (B * H * W), w = 1 when ``weight`` is None; this
+    is ``nn.CrossEntropyLoss(weight, ignore_index=0, reduction="none")(logits, target).mean()``. Ignored pixels
+    contribute 0 but count in the denominator, so the loss is ``cross_entropy`` times the labelled share of the
+    pixels (without weights): sparse labels (scribbles, empty range-image pixels) scale it down. The release
+    passes no weight; a (K,) ``weight`` is applied per pixel as torch does, without renormalising.
+    logits: (B, K, H, W).
+    """
+    _check(logits, target, valid, "cross_entropy_all_pixels")
+    with _no_autocast(logits):
+        logits = logits.float()
+        keep = _labelled(target, valid)
+        target = torch.where(keep, target, torch.zeros_like(target))
+        w = None if weight is None else weight.to(device=logits.device, dtype=torch.float32)
+        nll = F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE_INDEX, reduction="none")
+        return nll.mean()
+
+
+def dice_loss(
+    probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, eps: float = 1e-4
+) -> torch.Tensor:
+    """Soft Dice loss of the LaserMix release (the Dice half of its ``CrossEntropyDiceLoss``, ignore index 0).
+
+    T is the (B, K, H, W) one-hot target, all-zero at ignored pixels (label 0 or valid False). Per class c, with
+    sums over the batch and the image, over labelled pixels only:
+    loss_c = 1 - 2 * sum(p_c * T_c) / (sum(p_c + T_c) + eps), and the loss is sum_c loss_c / K: the mean over
+    all K channels, so class 0 (never a target) and classes absent from the batch each add a constant 1 / K.
+    The batch is pooled, not averaged per scan. No labelled pixel at all gives 0 (attached, zero gradient).
+    The release's optional class weights (unused there) are not supported.
+    probs: (B, K, H, W) softmax probabilities.
+    """
+    _check(probs, target, valid, "dice_loss")
+    with _no_autocast(probs):
+        probs = probs.float()
+        k = probs.shape[1]
+        keep = _labelled(target, valid)[:, None].to(probs.dtype)  # (B, 1, H, W)
+        one_hot = F.one_hot(target, k).permute(0, 3, 1, 2).to(probs.dtype) * keep
+        numerator = 2.0 * (probs * one_hot).sum((0, 2, 3))  # (K,)
+        denominator = ((probs + one_hot) * keep).sum((0, 2, 3))
+        total = denominator.sum()
+        dice = (1.0 - numerator / (denominator + eps)).sum() / k
+        # total is 0 only without labelled pixels; selecting it keeps the graph without a host sync.
+        return torch.where(total > 0, dice, total)
+
+
+def boundary_loss_released(
+    probs: torch.Tensor, target: torch.Tensor, theta0: int = 3, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Boundary loss as the LaserMix and CENet code compute it (``BoundaryLoss(theta0=3, theta=5)``, whose theta
+    is never used), over all K channels with no ignore handling: label 0 (empty or unlabelled pixels, and pixels
+    where ``valid`` is False) is simply class 0.
+
+    With M the one-hot target and the probabilities in turn, boundaries are b(M) = maxpool_theta0(1 - M) - (1 - M)
+    (stride 1, -inf padding); flattened to (B, K, H*W), per (scan, class):
+    P = sum(b_pred * b_gt) / (sum(b_pred) + 1e-7), R = sum(b_pred * b_gt) / (sum(b_gt) + 1e-7),
+    BF1 = 2 P R / (P + R + 1e-7), and the loss is the mean of 1 - BF1 over all B x K pairs: a class without a
+    target boundary in a scan adds 1 whatever the prediction. Compare ``boundary_loss`` (the "rangecps" recipe).
+    probs: (B, K, H, W) softmax probabilities; theta0: odd window size.
+    """
+    _check(probs, target, valid, "boundary_loss_released")
+    if theta0 % 2 == 0 or theta0 < 1:
+        raise ValueError(f"boundary_loss_released: theta0 must be odd and positive, got {theta0}")
+    with _no_autocast(probs):
+        probs = probs.float()
+        k = probs.shape[1]
+        if valid is not None:
+            target = torch.where(valid, target, torch.full_like(target, IGNORE_INDEX))
+        one_hot = F.one_hot(target, k).permute(0, 3, 1, 2).to(probs.dtype)
+        gt_b = _boundaries(one_hot, None, theta0).flatten(2)
+        pred_b = _boundaries(probs, None, theta0).flatten(2)
+        eps = 1e-7
+        overlap = (pred_b * gt_b).sum(2)  # (B, K)
+        precision = overlap / (pred_b.sum(2) + eps)
+        recall = overlap / (gt_b.sum(2) + eps)
+        bf1 = 2.0 * precision * recall / (precision + recall + eps)
+        return (1.0 - bf1).mean()
+
+
+# ---------------------------------------------------------------- cross pseudo supervision
 
 
 def cps_loss(
