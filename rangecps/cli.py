@@ -135,9 +135,15 @@ def train_main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     if summary.get("rank", 0) == 0:
         vals = ", ".join(f"net {k[-1]} {v * 100:.1f}" for k, v in summary["val_pixel_miou"].items())
+        bests = ", ".join(
+            f"net {'ab'[k]} {v * 100:.1f} at step {s}"
+            for k, (v, s) in enumerate(
+                zip(summary["best_val_pixel_miou"], summary["best_steps"], strict=True)
+            )
+        )
         print(
             f"done: {summary['steps']} steps in {summary['seconds']:.0f} s; "
-            f"validation range-pixel mIoU: {vals} (best {summary['best_val_pixel_miou'] * 100:.1f})"
+            f"validation range-pixel mIoU: {vals} (best: {bests})"
         )
         print(f"run folder: {out}")
     return 0
@@ -147,7 +153,10 @@ def eval_main(argv: list[str] | None = None) -> int:
     """``rangecps-eval``: evaluate a run folder or checkpoint; write metrics, predictions, submissions."""
     parser = argparse.ArgumentParser(
         prog="rangecps-eval",
-        description="Point-level (kNN and plain) and range-pixel mIoU of a run; prediction files and submissions.",
+        description="Point-level (kNN and plain) and range-pixel mIoU of a run; prediction files and submissions. "
+        "mIoU follows the dataset's official evaluator: semantic-kitti-api for (Scribble)KITTI (a class absent "
+        "from ground truth and predictions counts 0), nuscenes-devkit for nuScenes (such a class is left out); "
+        "metrics.json also gives the other convention's figure (miou_other).",
     )
     parser.add_argument("run", type=Path, help="run folder (uses best.pt, else last.pt) or a checkpoint file")
     parser.add_argument("--split", choices=("val", "test"), default="val")
@@ -161,7 +170,8 @@ def eval_main(argv: list[str] | None = None) -> int:
         "--net",
         choices=("a", "b", "ensemble"),
         default=None,
-        help="which CPS network; ensemble averages both softmaxes (default: ensemble if 2 nets)",
+        help="which network of a CPS run to score: a, b, or ensemble (mean of both softmaxes); "
+        "default a, as the CPS reference evaluates one branch",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="results folder (default: RUN/eval_<split>_<net>)"
@@ -188,7 +198,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from rangecps.data.prep import DatasetProblems
-    from rangecps.eval.evaluate import evaluate, format_report
+    from rangecps.eval.evaluate import evaluate
+    from rangecps.eval.report import format_report
 
     if args.batch_size < 1 or (args.num_workers is not None and args.num_workers < 0):
         print("error: --batch-size must be >= 1 and --num-workers >= 0", file=sys.stderr)

@@ -37,7 +37,7 @@ from rangecps.data.build import DataBundle, build_data
 from rangecps.data.dataset import CHANNELS, collate
 from rangecps.data.loader import semi_supervised_loader
 from rangecps.device import amp_dtype, select_device
-from rangecps.eval.metrics import ConfusionMatrix
+from rangecps.eval.metrics import ConfusionMatrix, official_convention
 from rangecps.losses import class_weights
 from rangecps.models import build_model
 
@@ -75,7 +75,8 @@ def validate(
     batch_size: int,
     num_workers: int,
 ) -> dict[str, float]:
-    """Range-pixel mIoU of every net on the validation split (fast; point-level figures come from evaluation).
+    """Range-pixel mIoU of every net on the validation split (fast; point-level figures come from evaluation),
+    under the dataset's official convention (semantic-kitti-api or nuscenes-devkit).
 
     Each process takes every ``world``-th scan; confusion matrices are summed over processes.
     """
@@ -98,7 +99,7 @@ def validate(
     out = {}
     for name, cm in zip("ab", cms, strict=False):
         cm.all_reduce(device)
-        out[f"miou_{name}"] = cm.get_mean_iou()
+        out[f"miou_{name}"] = cm.get_mean_iou(official_convention(data.dataset_cls.name))
     return out
 
 

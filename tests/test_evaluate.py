@@ -1,4 +1,9 @@
-"""rangecps-eval: its mIoU agrees with the official evaluators on the files it writes, and it fails clearly."""
+"""rangecps-eval: its mIoU agrees with the official evaluators on the files it writes, and it fails clearly.
+
+SemanticKITTI-format runs are checked against an independent numpy re-implementation of semantic-kitti-api's
+``evaluate_semantics.py`` + ``auxiliary/np_ioueval.py`` (written here, sharing no code with rangecps) on the
+written ``.label`` files; nuScenes-format runs against the real nuscenes-devkit ``LidarSegEval``.
+"""
 
 import json
 import shutil
@@ -14,16 +19,22 @@ from rangecps.cli import eval_main
 from rangecps.config import load_config, to_dict
 from rangecps.data.build import build_data
 from rangecps.data.dataset import CHANNELS, collate
-from rangecps.eval.evaluate import LEVELS, evaluate
+from rangecps.eval.evaluate import LEVELS, choose_net, evaluate
 from rangecps.models import build_model
 
 KITTI_YAML = Path(__file__).resolve().parents[1] / "configs" / "labels" / "semantickitti.yaml"
 SMALL = ["data.width=96", "model.width=0.125", "data.num_workers=0"]
 
 
-def make_run(run_dir: Path, root: Path, dataset: str, num_nets: int, *extra: str) -> Path:
+def make_run(
+    run_dir: Path, root: Path, dataset: str, num_nets: int, *extra: str, never_predict_absent: bool = False
+) -> Path:
     """A run folder whose best.pt has the train.py layout: ``num_nets`` small FIDNets with random weights and
-    batch-norm statistics measured on two training scans (so that predictions vary across classes)."""
+    batch-norm statistics measured on two training scans (so that predictions vary across classes).
+
+    ``never_predict_absent``: the classes that no validation point has are never predicted either (their
+    output bias lowered by 1e4), so that they are absent from ground truth AND predictions, the case where the
+    two mIoU conventions differ."""
     method = "cps" if num_nets == 2 else "sup_only"
     cfg = load_config(
         None, [f"data.root={root}", f"data.dataset={dataset}", f"train.method={method}", *SMALL, *extra]
@@ -31,6 +42,11 @@ def make_run(run_dir: Path, root: Path, dataset: str, num_nets: int, *extra: str
     data = build_data(cfg, progress=False)
     train_set = data.dataset("train")
     x = collate([train_set[i] for i in range(2)])["input"]
+    seen = np.zeros(data.num_classes, dtype=bool)  # classes some validation point has
+    if never_predict_absent:
+        val = data.dataset("val")
+        for i in range(len(val)):
+            seen[val[i]["point_label"].numpy()] = True
     nets = []
     for k in range(num_nets):
         net = build_model(cfg.model.name, len(CHANNELS), data.num_classes, cfg.model.width, seed=k)
@@ -40,7 +56,11 @@ def make_run(run_dir: Path, root: Path, dataset: str, num_nets: int, *extra: str
                 m.momentum = None  # cumulative average: the statistics of exactly these scans
         with torch.no_grad():
             net.train()(x)
-        nets.append(net.state_dict())
+        weights = net.state_dict()
+        if never_predict_absent:  # the last bias with one entry per class is the output layer's
+            out = [n for n, v in weights.items() if n.endswith(".bias") and v.shape == (data.num_classes,)]
+            weights[out[-1]][torch.from_numpy(~seen)] -= 1e4
+        nets.append(weights)
     derived = {
         "num_classes": data.num_classes,
         "in_channels": len(CHANNELS),
@@ -64,40 +84,71 @@ def make_run(run_dir: Path, root: Path, dataset: str, num_nets: int, *extra: str
 @pytest.fixture(scope="module")
 def kitti_run(synthetic_kitti: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_run(
-        tmp_path_factory.mktemp("kitti_run"), synthetic_kitti, "synthetic_kitti", 2, "data.height=32"
-    )
+        tmp_path_factory.mktemp("kitti_run"), synthetic_kitti, "synthetic_kitti", 2, "data.height=32",
+        never_predict_absent=True,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def nuscenes_run(synthetic_nuscenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.mktemp("nusc_run"), synthetic_nuscenes, "synthetic_nuscenes", 1)
+    return make_run(
+        tmp_path_factory.mktemp("nusc_run"),
+        synthetic_nuscenes,
+        "synthetic_nuscenes",
+        1,
+        never_predict_absent=True,
+    )
 
 
-def official_kitti_scores(gt_dir: Path, pred_dir: Path) -> tuple[np.ndarray, np.ndarray, float]:
-    """IoU per class, union per class and accuracy as semantic-kitti-api's evaluate_semantics.py + np_ioueval
-    compute them from raw ``.label`` files (rows = prediction, columns = ground truth)."""
+class OfficialIouEval:
+    """semantic-kitti-api's ``auxiliary/np_ioueval.py`` ``iouEval``, re-implemented plainly: the confusion
+    matrix is indexed ``[pred, gt]``; ``getStats`` zeroes the columns of the ignored ground-truth classes."""
+
+    def __init__(self, n_classes: int, ignore: list[int]) -> None:
+        self.ignore = np.array(ignore, dtype=np.int64)
+        self.include = np.array([c for c in range(n_classes) if c not in ignore], dtype=np.int64)
+        self.conf_matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+
+    def add_batch(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        np.add.at(self.conf_matrix, (pred.reshape(-1), gt.reshape(-1)), 1)
+
+    def get_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        conf = self.conf_matrix.copy()
+        conf[:, self.ignore] = 0
+        tp = np.diag(conf)
+        return tp, conf.sum(axis=1) - tp, conf.sum(axis=0) - tp
+
+    def get_iou(self) -> tuple[float, np.ndarray]:
+        tp, fp, fn = self.get_stats()
+        union = tp + fp + fn + 1e-15
+        return float((tp[self.include] / union[self.include]).mean()), tp / union
+
+    def get_acc(self) -> float:
+        tp, fp, _ = self.get_stats()
+        return float(tp.sum() / (tp[self.include].sum() + fp[self.include].sum() + 1e-15))
+
+
+def official_kitti_scores(gt_dir: Path, pred_dir: Path) -> tuple[float, np.ndarray, np.ndarray, float]:
+    """mIoU, IoU per included class, union per included class and accuracy as semantic-kitti-api's
+    evaluate_semantics.py computes them from raw ``.label`` files (both remapped by ``learning_map``)."""
     doc = yaml.safe_load(KITTI_YAML.read_text())
     remap = doc["learning_map"]
     lut = np.zeros(max(remap) + 100, dtype=np.int32)
     lut[list(remap)] = list(remap.values())
     n = len(doc["learning_map_inv"])
     ignore = [c for c, flag in doc["learning_ignore"].items() if flag]
-    include = [c for c in range(n) if c not in ignore]
-    conf = np.zeros((n, n), dtype=np.int64)
+    evaluator = OfficialIouEval(n, ignore)
     gt_files = sorted(gt_dir.glob("*.label"))
     pred_files = sorted(pred_dir.glob("*.label"))
     assert [f.name for f in gt_files] == [f.name for f in pred_files]
     for gt_file, pred_file in zip(gt_files, pred_files, strict=True):
         gt = lut[np.fromfile(gt_file, dtype=np.int32) & 0xFFFF]
         pred = lut[np.fromfile(pred_file, dtype=np.int32) & 0xFFFF]
-        np.add.at(conf, (pred, gt), 1)
-    conf[:, ignore] = 0
-    tp = np.diag(conf)
-    fp, fn = conf.sum(axis=1) - tp, conf.sum(axis=0) - tp
-    union = tp + fp + fn
-    iou = tp / np.maximum(union, 1)
-    accuracy = tp.sum() / (tp[include].sum() + fp[include].sum())
-    return iou[include], union[include], float(accuracy)
+        evaluator.add_batch(pred, gt)
+    miou, iou = evaluator.get_iou()
+    tp, fp, fn = evaluator.get_stats()
+    union = (tp + fp + fn)[evaluator.include]
+    return miou, iou[evaluator.include], union, evaluator.get_acc()
 
 
 def test_kitti_eval_matches_official_evaluator(
@@ -108,26 +159,39 @@ def test_kitti_eval_matches_official_evaluator(
     for description in LEVELS.values():
         assert description in printed
     assert "vegetation" in printed and "mIoU" in printed
-    out = kitti_run / "eval_val_ensemble"
+    # A CPS run is scored with net a by default, and the report says so.
+    assert "(3 scans, net a)" in printed and "mIoU by level (net a)" in printed
+    out = kitti_run / "eval_val_a"
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["net"] == "a" and metrics["nets_in_checkpoint"] == 2
     assert metrics["checkpoint"] == str(kitti_run / "best.pt") and metrics["step"] == 7
     assert metrics["revision"] == "test-revision" and metrics["split"] == "val" and metrics["scans"] == 3
     assert metrics["knn"] == {"enabled": True, "knn": 5, "search": 5, "sigma": 1.0, "cutoff": 1.0}
     assert metrics["headline"] == "point_knn" and set(metrics["levels"]) == set(LEVELS)
+    assert metrics["miou_convention"] == "semantickitti"
 
-    iou, union, accuracy = official_kitti_scores(
+    official_miou, iou, union, accuracy = official_kitti_scores(
         synthetic_kitti / "sequences" / "08" / "labels", out / "sequences" / "08" / "predictions"
     )
     ours = metrics["levels"]["point_knn"]
+    assert ours["miou_convention"] == "semantic-kitti-api (absent classes count 0)"
+    assert ours["miou_other_convention"] == "nuscenes-devkit (absent classes excluded)"
     assert (union > 0).sum() >= 5  # the check below compares many real classes, not one
+    assert (union == 0).sum() >= 2  # and classes absent from ground truth and predictions, where rules differ
     for c, name in enumerate(list(ours["iou"])):
         if union[c] == 0:
             assert ours["iou"][name] is None, name
         else:
             assert ours["iou"][name] == pytest.approx(iou[c], abs=1e-12), name
-    assert ours["miou"] == pytest.approx(iou[union > 0].mean(), abs=1e-12)
-    assert ours["miou_absent_as_zero"] == pytest.approx(iou.mean(), abs=1e-12)
+    # The official figure, absent classes counting 0, is the headline; nuScenes' rule gives a higher one.
+    assert ours["miou"] == pytest.approx(official_miou, abs=1e-12)
+    assert ours["miou_other"] == pytest.approx(iou[union > 0].mean(), abs=1e-12)
+    assert ours["miou"] < ours["miou_other"]
     assert ours["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    # The console names both figures: the official one in the table, the other one where they differ.
+    assert f"mIoU, semantic-kitti-api {100 * ours['miou']:.2f}" in " ".join(printed.split())
+    assert f"mIoU, nuscenes-devkit {100 * ours['miou_other']:.2f}" in " ".join(printed.split())
+    assert "counts 0 in the semantic-kitti-api mIoU" in printed
     pixel = np.array(metrics["levels"]["range_pixel"]["confusion_matrix"])
     assert pixel.sum() < ours["counted"]  # occluded points are scored at point level only
 
@@ -155,10 +219,11 @@ def test_no_knn_level_and_batching(kitti_run: Path, synthetic_kitti: Path, tmp_p
         progress=False,
     )
     assert set(one["levels"]) == {"point", "range_pixel"} and one["headline"] == "point"
-    iou, union, _ = official_kitti_scores(
+    official_miou, iou, union, _ = official_kitti_scores(
         synthetic_kitti / "sequences" / "08" / "labels", tmp_path / "one" / "sequences" / "08" / "predictions"
     )
-    assert one["levels"]["point"]["miou"] == pytest.approx(iou[union > 0].mean(), abs=1e-12)
+    assert one["levels"]["point"]["miou"] == pytest.approx(official_miou, abs=1e-12)
+    assert one["levels"]["point"]["miou_other"] == pytest.approx(iou[union > 0].mean(), abs=1e-12)
     # Batches of 2 pad the per-point arrays; every scan must still be scored and written with its own points.
     two = evaluate(
         kitti_run, knn=False, net="a", out=tmp_path / "two", write_predictions=True, batch_size=2, num_workers=0,
@@ -194,12 +259,21 @@ def test_nuscenes_eval_matches_devkit(nuscenes_run: Path, synthetic_nuscenes: Pa
         assert labels.min() >= 1 and labels.max() <= 16 and len(np.unique(labels)) >= 3
         devkit = LidarSegEval(nusc, str(out), "mini_val").evaluate()
         ours = result["levels"][level]
+        # nuScenes' official rule is the headline: classes absent from ground truth and predictions excluded.
+        assert result["miou_convention"] == "nuscenes"
+        assert ours["miou_convention"] == "nuscenes-devkit (absent classes excluded)"
         assert ours["miou"] == pytest.approx(devkit["miou"], abs=1e-6)
         for name, value in ours["iou"].items():
             if value is None:
                 assert np.isnan(devkit["iou_per_class"][name]), name
             else:
                 assert value == pytest.approx(float(devkit["iou_per_class"][name]), abs=1e-6), name
+        # Beside it, semantic-kitti-api's rule: the devkit's per-class IoUs with absent classes as 0.
+        devkit_iou = np.array([float(devkit["iou_per_class"][name]) for name in ours["iou"]])
+        assert len(devkit_iou) == 16 and np.isnan(devkit_iou).sum() >= 1
+        assert ours["miou_other_convention"] == "semantic-kitti-api (absent classes count 0)"
+        assert ours["miou_other"] == pytest.approx(np.nan_to_num(devkit_iou).mean(), abs=1e-6)
+        assert ours["miou_other"] < ours["miou"]
         assert json.loads((out / "mini_val" / "submission.json").read_text())["meta"]["use_lidar"] is True
 
 
@@ -227,6 +301,7 @@ def test_test_split_writes_predictions_only(
     assert eval_main(base) == 2
     assert "split 'test' has no labels: pass --write-predictions or --submission" in capsys.readouterr().err
     assert eval_main([*base, "--submission"]) == 0
+    assert "1 scans predicted with net a (no labels, no metrics)" in capsys.readouterr().out
     prediction = np.fromfile(
         tmp_path / "out" / "sequences" / "11" / "predictions" / "000000.label", np.uint32
     )
@@ -235,6 +310,31 @@ def test_test_split_writes_predictions_only(
     assert set(np.unique(prediction).tolist()) <= raw_ids
     assert not (tmp_path / "out" / "metrics.json").exists()
     assert (tmp_path / "out" / "submission.zip").is_file()
+
+
+def test_cps_run_is_scored_with_net_a_unless_asked(
+    kitti_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Net a by default (one network, as the CPS reference evaluates); b and the ensemble on request. Each
+    report and default results folder names the net."""
+    assert choose_net(None, 2, kitti_run) == "a" and choose_net(None, 1, kitti_run) == "a"
+    assert choose_net("ensemble", 2, kitti_run) == "ensemble" and choose_net("b", 2, kitti_run) == "b"
+    matrices = {}
+    for net, title in (("b", "net b"), ("ensemble", "ensemble of nets a and b")):
+        args = [str(kitti_run), "--net", net, "--no-knn", "--num-workers", "0", "--no-progress"]
+        assert eval_main(args) == 0
+        printed = capsys.readouterr().out
+        assert f"(3 scans, {title})" in printed and f"mIoU by level ({title})" in printed
+        metrics = json.loads((kitti_run / f"eval_val_{net}" / "metrics.json").read_text())
+        assert metrics["net"] == net and metrics["out_dir"] == str(kitti_run / f"eval_val_{net}")
+        matrices[net] = np.array(metrics["levels"]["point"]["confusion_matrix"])
+    default = evaluate(kitti_run, knn=False, out=None, num_workers=0, progress=False)
+    assert default["net"] == "a" and default["out_dir"] == str(kitti_run / "eval_val_a")
+    matrices["a"] = np.array(default["levels"]["point"]["confusion_matrix"])
+    # Three different predictors over the same ground truth.
+    assert len({m.sum() for m in matrices.values()}) == 1
+    assert not np.array_equal(matrices["a"], matrices["b"])
+    assert not np.array_equal(matrices["a"], matrices["ensemble"])
 
 
 def test_clear_errors(nuscenes_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

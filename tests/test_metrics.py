@@ -1,7 +1,9 @@
-"""ConfusionMatrix: hand-computed values, ignore handling, merging, and agreement with the official evaluators."""
+"""ConfusionMatrix: hand-computed values, ignore handling, merging, the two mIoU conventions, and agreement
+with the official evaluators (nuscenes-devkit itself; semantic-kitti-api re-implemented independently here)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -12,7 +14,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from rangecps.eval.metrics import ConfusionMatrix, format_table
+from rangecps.eval.metrics import (
+    CONVENTION_NAMES,
+    ConfusionMatrix,
+    format_table,
+    official_convention,
+    other_convention,
+)
 
 # gt/pred over 4 classes (0 = ignore). Counted pairs (gt != 0): (1,1) (1,2) (2,2) (2,2) (3,0).
 GT = np.array([1, 1, 2, 2, 0, 3, 0])
@@ -30,30 +38,37 @@ def test_hand_computed_example() -> None:
     # class 1: TP 1, FN 1 -> 1/2; class 2: TP 2, FP 1 -> 2/3; class 3: predicted as ignore -> FN -> 0.
     np.testing.assert_allclose(iou[1:], [0.5, 2 / 3, 0.0])
     assert math.isnan(iou[0])
-    assert cm.get_mean_iou() == pytest.approx((0.5 + 2 / 3 + 0.0) / 3)
+    for convention in ("semantickitti", "nuscenes"):  # every real class occurs: the conventions agree
+        assert cm.get_mean_iou(convention) == pytest.approx((0.5 + 2 / 3 + 0.0) / 3)
     assert cm.get_accuracy() == pytest.approx(3 / 5)
     # frequency-weighted: 2 points of class 1, 2 of class 2, 1 of class 3.
     assert cm.get_freqweighted_iou() == pytest.approx((2 * 0.5 + 2 * 2 / 3 + 0.0) / 5)
 
 
-def test_absent_class_is_nan_and_left_out_of_the_mean() -> None:
+def test_absent_class_is_nan_and_counts_by_the_convention() -> None:
     cm = ConfusionMatrix(5)
     cm.update(np.array([1, 1, 2]), np.array([1, 1, 2]))
     iou = cm.get_per_class_iou()
     assert iou[1] == iou[2] == 1.0
     assert math.isnan(iou[3]) and math.isnan(iou[4])
-    assert cm.get_mean_iou() == 1.0
-    # A class only predicted (never in gt) is defined: IoU 0, and it counts.
+    assert cm.get_mean_iou("nuscenes") == 1.0  # absent classes 3 and 4 left out
+    assert cm.get_mean_iou("semantickitti") == pytest.approx(2 / 4)  # absent classes 3 and 4 count 0
+    assert cm.get_mean_iou() == cm.get_mean_iou("nuscenes")  # the default, for callers predating the choice
+    # A class only predicted (never in gt) is defined: IoU 0, and it counts under both.
     cm.update(np.array([1]), np.array([4]))
     assert cm.get_per_class_iou()[4] == 0.0
-    assert cm.get_mean_iou() == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)
+    assert cm.get_mean_iou("nuscenes") == pytest.approx((2 / 3 + 1.0 + 0.0) / 3)
+    assert cm.get_mean_iou("semantickitti") == pytest.approx((2 / 3 + 1.0 + 0.0 + 0.0) / 4)
+    with pytest.raises(ValueError, match="convention must be one of"):
+        cm.get_mean_iou("kitti")  # type: ignore[arg-type]
 
 
 def test_empty_matrix_gives_nan() -> None:
     cm = ConfusionMatrix(3)
     cm.update(np.zeros(5, dtype=np.int64), np.ones(5, dtype=np.int64))  # all ignored
     assert cm.matrix.sum() == 0
-    assert math.isnan(cm.get_mean_iou()) and math.isnan(cm.get_accuracy())
+    assert math.isnan(cm.get_mean_iou("nuscenes")) and math.isnan(cm.get_mean_iou("semantickitti"))
+    assert math.isnan(cm.get_accuracy())
     assert math.isnan(cm.get_freqweighted_iou())
 
 
@@ -132,48 +147,121 @@ def test_agrees_with_nuscenes_devkit() -> None:
     np.testing.assert_allclose(
         ours.get_per_class_iou(), theirs.get_per_class_iou(), equal_nan=True, rtol=1e-6
     )
-    assert ours.get_mean_iou() == pytest.approx(theirs.get_mean_iou(), rel=1e-6)
+    assert ours.get_mean_iou("nuscenes") == pytest.approx(theirs.get_mean_iou(), rel=1e-6)
     assert ours.get_freqweighted_iou() == pytest.approx(theirs.get_freqweighted_iou(), rel=1e-6)
 
 
-def test_agrees_with_semantic_kitti_rules_when_every_class_occurs() -> None:
-    # semantic-kitti-api's iouEval: conf[pred, gt]; the ignore gt column is zeroed; TP/FP/FN per class;
-    # union gets +1e-15; mIoU averages the non-ignore classes; accuracy = sum TP / sum (TP + FP) over them.
+class OfficialIouEval:
+    """semantic-kitti-api's ``auxiliary/np_ioueval.py`` ``iouEval``, re-implemented plainly and independently of
+    rangecps: ``conf[pred, gt]`` filled by ``np.add.at``; ``getStats`` zeroes the columns of ignored ground truth;
+    ``getIoU`` averages ``tp / (tp + fp + fn + 1e-15)`` over every non-ignored class; ``getacc`` as the API."""
+
+    def __init__(self, n_classes: int, ignore: list[int]) -> None:
+        self.ignore = np.array(ignore, dtype=np.int64)
+        self.include = np.array([c for c in range(n_classes) if c not in ignore], dtype=np.int64)
+        self.conf_matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+
+    def add_batch(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        np.add.at(self.conf_matrix, tuple(np.stack((pred.reshape(-1), gt.reshape(-1)), axis=0)), 1)
+
+    def get_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        conf = self.conf_matrix.copy()
+        conf[:, self.ignore] = 0
+        tp = np.diag(conf)
+        return tp, conf.sum(axis=1) - tp, conf.sum(axis=0) - tp
+
+    def get_iou(self) -> tuple[float, np.ndarray]:
+        tp, fp, fn = self.get_stats()
+        union = tp + fp + fn + 1e-15
+        return float((tp[self.include] / union[self.include]).mean()), tp / union
+
+    def get_acc(self) -> float:
+        tp, fp, _ = self.get_stats()
+        return float(tp.sum() / (tp[self.include].sum() + fp[self.include].sum() + 1e-15))
+
+
+@pytest.mark.parametrize("absent", [(), (4, 13)], ids=["every-class-occurs", "two-classes-absent"])
+def test_agrees_with_semantic_kitti_api(absent: tuple[int, ...]) -> None:
+    """SemanticKITTI's 20 train ids (0 = ignore), several batches, predictions of the ignore class included;
+    with ``absent``, those classes occur in neither ground truth nor predictions."""
     rng = np.random.default_rng(3)
     k = 20
+    official, cm = OfficialIouEval(k, ignore=[0]), ConfusionMatrix(k)
+    for _ in range(3):
+        gt = rng.integers(0, k, size=5000)
+        pred = rng.integers(0, k, size=5000)
+        for c in absent:
+            gt[gt == c], pred[pred == c] = c + 1, c - 1
+        official.add_batch(pred, gt)
+        cm.update(gt, pred)
+    official_miou, official_iou = official.get_iou()
+    present = np.array([c for c in range(1, k) if c not in absent])
+    np.testing.assert_allclose(cm.get_per_class_iou()[present], official_iou[present], rtol=1e-12)
+    assert np.isnan(cm.get_per_class_iou()[list(absent)]).all() and (official_iou[list(absent)] == 0).all()
+    assert cm.get_mean_iou("semantickitti") == pytest.approx(official_miou, rel=1e-12)
+    nuscenes_miou = cm.get_mean_iou("nuscenes")
+    assert nuscenes_miou == pytest.approx(official_iou[present].mean(), rel=1e-12)
+    if absent:  # absent classes pull the official figure down by exactly their share of the 19
+        assert cm.get_mean_iou("semantickitti") < nuscenes_miou
+        assert cm.get_mean_iou("semantickitti") == pytest.approx(nuscenes_miou * len(present) / (k - 1))
+    else:
+        assert cm.get_mean_iou("semantickitti") == pytest.approx(nuscenes_miou, rel=1e-12)
+    d = cm.to_dict([f"c{c}" for c in range(k)], "semantickitti")
+    assert d["miou"] == pytest.approx(official_miou, rel=1e-12)
+    assert d["miou_other"] == pytest.approx(nuscenes_miou, rel=1e-12)
+    assert [d["iou"][f"c{c}"] for c in absent] == [None] * len(absent)
+
+
+def test_accuracy_agrees_with_semantic_kitti_api_without_ignore_predictions() -> None:
+    # semantic-kitti-api's getacc leaves points predicted as ignore out of its denominator (module docstring);
+    # rangecps.eval never predicts the ignore class, and then the two agree.
+    rng = np.random.default_rng(4)
+    k = 20
     gt = rng.integers(0, k, size=5000)
-    pred = rng.integers(0, k, size=5000)  # predictions of the ignore class included
-    conf = np.zeros((k, k), dtype=np.int64)
-    np.add.at(conf, (pred, gt), 1)
-    conf[:, 0] = 0
-    tp = np.diag(conf)
-    fp = conf.sum(axis=1) - tp
-    fn = conf.sum(axis=0) - tp
-    sk_iou = tp / (tp + fp + fn + 1e-15)
-    cm = ConfusionMatrix(k)
+    pred = rng.integers(1, k, size=5000)
+    official, cm = OfficialIouEval(k, ignore=[0]), ConfusionMatrix(k)
+    official.add_batch(pred, gt)
     cm.update(gt, pred)
-    np.testing.assert_allclose(cm.get_per_class_iou()[1:], sk_iou[1:], rtol=1e-12)
-    assert cm.get_mean_iou() == pytest.approx(sk_iou[1:].mean(), rel=1e-12)
-    # Accuracy agrees once no point is predicted as ignore (see the module docstring).
-    keep = pred != 0
-    cm2 = ConfusionMatrix(k)
-    cm2.update(gt[keep], pred[keep])
-    conf2 = np.zeros((k, k), dtype=np.int64)
-    np.add.at(conf2, (pred[keep], gt[keep]), 1)
-    conf2[:, 0] = 0
-    tp2 = np.diag(conf2)
-    sk_acc = tp2.sum() / (tp2[1:].sum() + (conf2.sum(axis=1) - tp2)[1:].sum() + 1e-15)
-    assert cm2.get_accuracy() == pytest.approx(sk_acc, rel=1e-12)
+    assert cm.get_accuracy() == pytest.approx(official.get_acc(), rel=1e-12)
+
+
+def test_official_convention_of_each_dataset() -> None:
+    from rangecps.data import DATASETS
+
+    kitti = ("semantickitti", "scribblekitti", "synthetic_kitti", "synthetic_scribblekitti")
+    for name in kitti:
+        assert official_convention(name) == "semantickitti"
+    for name in ("nuscenes", "synthetic_nuscenes"):
+        assert official_convention(name) == "nuscenes"
+    for name in DATASETS:  # every dataset rangecps knows has one
+        official_convention(name)
+    with pytest.raises(ValueError, match="no official mIoU convention known for dataset 'cityscapes'"):
+        official_convention("cityscapes")
+    assert other_convention("semantickitti") == "nuscenes" and other_convention("nuscenes") == "semantickitti"
+    assert CONVENTION_NAMES["semantickitti"] == "semantic-kitti-api (absent classes count 0)"
+    assert CONVENTION_NAMES["nuscenes"] == "nuscenes-devkit (absent classes excluded)"
 
 
 def test_to_dict_is_json_ready() -> None:
     cm = ConfusionMatrix(4)
     cm.update(np.array([1, 2]), np.array([1, 2]))
-    d = cm.to_dict(["unlabeled", "car", "road", "pole"])
-    assert d["iou"] == {"car": 1.0, "road": 1.0, "pole": None}
-    assert d["miou"] == 1.0 and d["accuracy"] == 1.0
+    names = ["unlabeled", "car", "road", "pole"]
+    d = cm.to_dict(names, "semantickitti")
+    assert d == {
+        "miou": pytest.approx(2 / 3),
+        "miou_convention": "semantic-kitti-api (absent classes count 0)",
+        "miou_other": 1.0,
+        "miou_other_convention": "nuscenes-devkit (absent classes excluded)",
+        "accuracy": 1.0,
+        "freqweighted_iou": 1.0,
+        "iou": {"car": 1.0, "road": 1.0, "pole": None},
+    }
+    n = cm.to_dict(names, "nuscenes")
+    assert n["miou"] == 1.0 and n["miou_other"] == pytest.approx(2 / 3)
+    assert n["miou_convention"] == "nuscenes-devkit (absent classes excluded)"
+    assert json.loads(json.dumps(d)) == d
     with pytest.raises(ValueError, match="3 names for 4 classes"):
-        cm.to_dict(["a", "b", "c"])
+        cm.to_dict(["a", "b", "c"], "nuscenes")
 
 
 def test_format_table() -> None:
@@ -188,6 +276,17 @@ def test_format_table() -> None:
     assert lines[-1].startswith("accuracy") and lines[-1].endswith("91.23")
     with pytest.raises(ValueError, match="3 names"):
         format_table(names, np.zeros(2))
+    # A named mIoU row and further summary rows, between mIoU and accuracy.
+    text = format_table(
+        names, np.array([np.nan, 0.5, np.nan]), 0.25, 0.9, miou_label="mIoU, semantic-kitti-api",
+        extra=[("mIoU, nuscenes-devkit", 0.5)],
+    )  # fmt: skip
+    assert [line.split("  ")[0] for line in text.splitlines()[-3:]] == [
+        "mIoU, semantic-kitti-api",
+        "mIoU, nuscenes-devkit",
+        "accuracy",
+    ]
+    assert text.splitlines()[-3].endswith("25.00") and text.splitlines()[-2].endswith("50.00")
 
 
 def test_all_reduce_without_process_group_is_a_no_op() -> None:

@@ -154,11 +154,15 @@ def test_column_roll_moves_images_and_points_together(synthetic_kitti: Path, kit
         assert torch.equal(torch.roll(a["label"], -shift, -1), b["label"])
         assert torch.equal(torch.roll(a["mask"], -shift, -1), b["mask"])
         held = b["rows"] >= 0
-        assert torch.equal(b["label"][b["rows"][held], b["cols"][held]], a["label"][a["rows"][held], a["cols"][held]])
+        assert torch.equal(
+            b["label"][b["rows"][held], b["cols"][held]], a["label"][a["rows"][held], a["cols"][held]]
+        )
     assert len(shifts) == 3
 
 
-def test_released_input_encoding(synthetic_kitti: Path, synthetic_nuscenes: Path, kitti, tmp_path: Path) -> None:
+def test_released_input_encoding(
+    synthetic_kitti: Path, synthetic_nuscenes: Path, kitti, tmp_path: Path
+) -> None:
     _, index, _ = kitti
     recs = index.split("val")[:1]
     item = _dataset(synthetic_kitti, kitti, recs, encoding="released")[0]

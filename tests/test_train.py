@@ -131,3 +131,69 @@ def test_ddp_two_processes_equal_one_process(synthetic_kitti: Path, tmp_path: Pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert load_checkpoint(tmp_path / "two" / "last.pt")["derived"]["world_size"] == 2
     assert_same(params(tmp_path / "one" / "last.pt"), params(tmp_path / "two" / "last.pt"), atol=1e-5)
+
+
+def test_best_checkpoint_keeps_each_nets_best(synthetic_kitti: Path, tmp_path: Path) -> None:
+    import json
+
+    cfg = tiny(
+        synthetic_kitti, "train.method=cps", "train.epochs=2", "train.max_steps=5", "train.val_every=1"
+    )
+    summary = train(cfg, tmp_path / "run", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    history = [(x["step"], x["val/miou_a"], x["val/miou_b"]) for x in lines if "val/miou_a" in x]
+    assert len(history) == summary["steps"] >= 3
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    for k in range(2):
+        step, score = max(((s, v[k]) for s, *v in history), key=lambda t: (t[1], -t[0]))
+        assert best["best_steps"][k] == step and best["best"][k] == pytest.approx(score)
+    assert summary["best_steps"] == best["best_steps"]
+    # Each net of best.pt is that net at its own best step: re-validating it gives its best score.
+    from rangecps import dist
+    from rangecps.data.build import build_data
+    from rangecps.models import build_model
+    from rangecps.train import validate
+
+    data = build_data(cfg, progress=False)
+    nets = []
+    for weights in best["nets"]:
+        net = build_model("fidnet", 6, data.num_classes, cfg.model.width)
+        net.load_state_dict(weights)
+        nets.append(net)
+    again = validate(nets, data, torch.device("cpu"), None, dist.DistInfo(), 1, 0)
+    assert again["miou_a"] == pytest.approx(best["best"][0]) and again["miou_b"] == pytest.approx(
+        best["best"][1]
+    )
+
+
+def test_released_recipe_trains_with_its_optimiser_and_epochs(synthetic_kitti: Path, tmp_path: Path) -> None:
+    released = load_config(Path(__file__).resolve().parents[1] / "configs" / "semantickitti" / "base.yaml")
+    aug = released.data.augment
+    cfg = tiny(
+        synthetic_kitti,
+        "train.method=cps",
+        "loss.recipe=released",
+        "loss.dice=1.0",
+        "loss.boundary=1.0",
+        "loss.class_weights=false",
+        "data.input=released",
+        f"data.augment.dropout={aug.dropout}",
+        f"data.augment.scale={list(aug.scale)}",
+        f"data.augment.scale_mode={aug.scale_mode}",
+        f"data.augment.scale_z={str(aug.scale_z).lower()}",
+        f"data.augment.translate={aug.translate}",
+        "data.augment.roll=true",
+        "train.epochs=9",
+        "train.epochs_by_labels={'50%': 2}",
+        "train.max_steps=2",
+    )
+    summary = train(cfg, tmp_path / "run", progress=False)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["derived"]["epochs"] == 2  # the share's epochs, not train.epochs
+    assert summary["total_steps"] == 2 * state["derived"]["steps_per_epoch"]
+    assert all(g["eps"] == 1e-6 for o in state["optimizers"] for g in o["param_groups"])
+    import json
+
+    logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step = next(x for x in logged if "train/dice" in x)
+    assert step["train/dice"] > 0 and step["train/boundary"] > 0 and step["train/cps"] > 0

@@ -8,10 +8,20 @@ Three numbers, each from its own confusion matrix (ignore class 0 not counted):
 - ``point_knn``: every point re-labelled by the kNN vote of :mod:`rangecps.eval.knn` (RangeNet++ post-processing,
   ``eval.knn_*`` of the config). The official benchmarks score points, so this is the headline with kNN on.
 
-Pixel predictions are the argmax over classes 1..K-1: the ignore class is never predicted. ``--net ensemble``
-averages the two CPS networks' softmax probabilities. Points without a pixel (a zero-range point; prep rejects
-non-finite ones) cannot be placed in the image: they take the class the scan's occupied pixels predict most often,
-the same label in the metrics and in the written files, and ``metrics.json`` counts them (``points_without_pixel``).
+Each level's mIoU follows the official evaluator of the dataset (:func:`rangecps.eval.metrics.official_convention`):
+semantic-kitti-api for (Scribble)KITTI, where a class absent from ground truth and predictions counts 0 in the
+mean, nuscenes-devkit for nuScenes, where it is left out; ``metrics.json`` gives the other convention's figure
+beside it (``miou_other``), and :mod:`rangecps.eval.report` formats the console report.
+
+A CPS checkpoint is scored with one network, net a, by default (as TorchSemiSeg, the CPS reference, evaluates
+one branch; it costs what a supervised-only model costs). ``--net b`` scores the other one, ``--net ensemble``
+averages the two networks' softmax probabilities. Every report names the net, and the default results folder is
+``<run>/eval_<split>_<net>``.
+
+Pixel predictions are the argmax over classes 1..K-1: the ignore class is never predicted. Points without a pixel
+(a zero-range point; prep rejects non-finite ones) cannot be placed in the image: they take the class the scan's
+occupied pixels predict most often, the same label in the metrics and in the written files, and ``metrics.json``
+counts them (``points_without_pixel``).
 
 Memory does not grow with the split: scans stream through a DataLoader, only ``(K, K)`` matrices accumulate, and
 predictions are written scan by scan (see :mod:`rangecps.eval.submit` for the layouts).
@@ -20,13 +30,11 @@ predictions are written scan by scan (see :mod:`rangecps.eval.submit` for the la
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -38,15 +46,10 @@ from rangecps.data.build import DataBundle, build_data
 from rangecps.data.dataset import RangeDataset, collate
 from rangecps.device import amp_dtype
 from rangecps.eval.knn import knn_postprocess
-from rangecps.eval.metrics import ConfusionMatrix, format_table
+from rangecps.eval.metrics import ConfusionMatrix, official_convention
+from rangecps.eval.report import LEVELS, level_dict
 from rangecps.eval.submit import make_writer
 from rangecps.models import build_model
-
-LEVELS = {
-    "point_knn": "point-level mIoU (kNN)",
-    "point": "point-level mIoU (no kNN)",
-    "range_pixel": "range-pixel mIoU (the number the published semi-supervised range-view tables report)",
-}
 
 
 @dataclass
@@ -95,9 +98,9 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
 
 
 def choose_net(requested: str | None, num_nets: int, path: Path) -> str:
-    """``a``, ``b`` or ``ensemble``; None picks ``ensemble`` for a CPS (2-net) checkpoint, else ``a``."""
+    """``a``, ``b`` or ``ensemble``; None picks ``a``, for a CPS (2-net) checkpoint as for a supervised one."""
     if requested is None:
-        return "ensemble" if num_nets == 2 else "a"
+        return "a"
     if requested not in ("a", "b", "ensemble"):
         raise ValueError(f"--net must be a, b or ensemble, got {requested!r}")
     if requested != "a" and num_nets < 2:
@@ -192,19 +195,6 @@ def point_labels(
     return plain, torch.where(has, voted, fill)
 
 
-def _level_dict(cm: ConfusionMatrix, names: list[str], description: str) -> dict[str, Any]:
-    iou = cm.get_per_class_iou()[cm.real_classes]
-    # semantic-kitti-api scores a class absent from ground truth and predictions as 0, not n/a.
-    absent_zero = float(np.nan_to_num(iou, nan=0.0).mean()) if cm.matrix.sum() else None
-    return {
-        "description": description,
-        **cm.to_dict(names),
-        "miou_absent_as_zero": absent_zero,
-        "counted": int(cm.matrix.sum()),
-        "confusion_matrix": cm.matrix.tolist(),
-    }
-
-
 def _open_split(run: LoadedRun, split: str, write: bool) -> tuple[DataBundle, RangeDataset, bool]:
     """The run's data, ``split`` as a dataset, and whether it has labels; refuses what cannot be evaluated."""
     cfg = run.cfg
@@ -249,7 +239,7 @@ def evaluate(
 
     Args:
         knn: run the kNN post-processing (None: the config's ``eval.knn``).
-        net: ``a``, ``b`` or ``ensemble`` (None: ensemble for CPS checkpoints, else a).
+        net: ``a``, ``b`` or ``ensemble`` (None: ``a``, also for CPS checkpoints).
         out: results folder (default ``<run>/eval_<split>_<net>``); receives ``metrics.json`` and, when asked,
             predictions in the official layout (kNN labels with ``knn``) and ``submission.zip``.
         overrides: ``section.key=value`` changes to the checkpoint's config (e.g. ``data.root=...``).
@@ -271,6 +261,7 @@ def evaluate(
     writer = make_writer(dataset.file_format, out_dir, data.label_map, data.root, split) if write else None
 
     k, names = data.num_classes, list(data.label_map.names)
+    convention = official_convention(cfg.data.dataset)
     cms = {level: ConfusionMatrix(k) for level in LEVELS if knn or level != "point_knn"}
     e = cfg.eval
     knn_params = {"knn": e.knn_k, "search": e.knn_search, "sigma": e.knn_sigma, "cutoff": e.knn_cutoff}
@@ -326,7 +317,10 @@ def evaluate(
         "class_names": names,
         "headline": ("point_knn" if knn else "point") if has_labels else None,
         "points_without_pixel": no_pixel,
-        "levels": {lv: _level_dict(cm, names, LEVELS[lv]) for lv, cm in cms.items()} if has_labels else {},
+        "miou_convention": convention,
+        "levels": {lv: level_dict(cm, names, LEVELS[lv], convention) for lv, cm in cms.items()}
+        if has_labels
+        else {},
         "device": str(device),
         "seconds": round(seconds, 3),
         "seconds_per_scan": round(seconds / len(dataset), 4),
@@ -343,27 +337,3 @@ def evaluate(
         with atomic_write(out_dir / "metrics.json", "w") as f:
             json.dump(result, f, indent=1)
     return result
-
-
-def format_report(result: dict[str, Any]) -> str:
-    """The per-class table of the headline level and one line per level, for the console."""
-    levels = result["levels"]
-    if not levels:
-        return f"{result['split']}: {result['scans']} scans predicted (no labels, no metrics)"
-    head = levels[result["headline"]]
-    names = result["class_names"]
-
-    def number(v: float | None) -> float:
-        return math.nan if v is None else v
-
-    ious = np.array([number(head["iou"].get(name)) for name in names])
-    title = f"{head['description']}, {result['split']} ({result['scans']} scans, net {result['net']})"
-    lines = [format_table(names, ious, number(head["miou"]), number(head["accuracy"]), title=title), ""]
-    width = max(len(v["description"]) for v in levels.values())
-    for level in LEVELS:
-        if level in levels:
-            v = levels[level]
-            miou = "n/a" if v["miou"] is None else f"{100 * v['miou']:.2f}"
-            acc = "n/a" if v["accuracy"] is None else f"{100 * v['accuracy']:.2f}"
-            lines.append(f"{v['description']:<{width}}  {miou:>6}   accuracy {acc:>6}")
-    return "\n".join(lines)

@@ -9,24 +9,74 @@ Conventions (``K`` classes including the ignore class, by default train id 0):
 - A prediction of the ignore class for a real point is counted, as a miss: a false negative of the
   ground-truth class (semantic-kitti-api does the same; nuscenes-devkit forbids such predictions outright).
 - ``IoU_c = TP / (TP + FP + FN)``. A class with ``TP + FP + FN = 0`` (absent from ground truth and
-  predictions) has IoU NaN, and the ignore class always has IoU NaN (nuscenes-devkit's rule).
-- mIoU is the mean over real classes with a defined IoU (NaN skipped, as nuscenes-devkit's ``nanmean``).
-  semantic-kitti-api instead adds 1e-15 to the union, so an absent class scores 0 and pulls the mean down;
-  the two agree whenever every real class occurs, as on the full SemanticKITTI validation sequence.
-- Accuracy = correct / counted points (every point with a real ground-truth class). semantic-kitti-api's
-  ``getacc`` leaves points predicted as the ignore class out of its denominator; the two agree whenever no
-  point is predicted as ignore.
+  predictions) has IoU NaN in :meth:`ConfusionMatrix.get_per_class_iou`, and the ignore class always has IoU
+  NaN (nuscenes-devkit's rule).
+- mIoU follows one of two official conventions, named by :data:`MiouConvention` and chosen per dataset by
+  :func:`official_convention`; they agree whenever every real class occurs (as on the full SemanticKITTI
+  validation sequence) and differ only in how an absent class counts:
 
-The tests check these against nuscenes-devkit's ``ConfusionMatrix`` on random data.
+  - ``"semantickitti"`` (semantic-kitti-api ``np_ioueval.py``): ``IoU_c = TP / (TP + FP + FN + 1e-15)``, mean
+    over ALL real classes, so an absent class scores 0 and pulls the mean down;
+  - ``"nuscenes"`` (nuscenes-devkit ``LidarSegEval``): mean over the real classes with a defined IoU
+    (NaN skipped, as the devkit's ``nanmean``).
+
+  With no counted point at all both give NaN (semantic-kitti-api would print 0).
+- Accuracy = correct / counted points (every point with a real ground-truth class), the same for both
+  datasets. semantic-kitti-api's ``getacc`` leaves points predicted as the ignore class out of its
+  denominator; the two agree whenever no point is predicted as ignore (never in :mod:`rangecps.eval`, whose
+  predictions exclude the ignore class).
+
+The tests check these against nuscenes-devkit's ``ConfusionMatrix`` and an independent re-implementation of
+semantic-kitti-api's ``iouEval`` on random data.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import torch
+
+MiouConvention = Literal["semantickitti", "nuscenes"]
+"""How mIoU treats a class absent from ground truth and predictions: 0 (semantic-kitti-api) or left out
+(nuscenes-devkit)."""
+
+CONVENTION_NAMES: dict[MiouConvention, str] = {
+    "semantickitti": "semantic-kitti-api (absent classes count 0)",
+    "nuscenes": "nuscenes-devkit (absent classes excluded)",
+}
+
+DATASET_CONVENTIONS: dict[str, MiouConvention] = {
+    "semantickitti": "semantickitti",
+    "scribblekitti": "semantickitti",  # scored on SemanticKITTI's labels by the same tool
+    "synthetic_kitti": "semantickitti",
+    "synthetic_scribblekitti": "semantickitti",
+    "nuscenes": "nuscenes",
+    "synthetic_nuscenes": "nuscenes",
+}
+
+
+def official_convention(dataset: str) -> MiouConvention:
+    """The mIoU convention of the official evaluator of ``dataset`` (a ``cfg.data.dataset`` name)."""
+    try:
+        return DATASET_CONVENTIONS[dataset]
+    except KeyError:
+        raise ValueError(
+            f"no official mIoU convention known for dataset {dataset!r}; known: {sorted(DATASET_CONVENTIONS)}"
+        ) from None
+
+
+def other_convention(convention: MiouConvention) -> MiouConvention:
+    """The convention that is not ``convention``."""
+    return "nuscenes" if _check_convention(convention) == "semantickitti" else "semantickitti"
+
+
+def _check_convention(convention: str) -> MiouConvention:
+    if convention not in get_args(MiouConvention):
+        raise ValueError(f"mIoU convention must be one of {get_args(MiouConvention)}, got {convention!r}")
+    return convention  # type: ignore[return-value]
 
 
 def _flat_int(x: np.ndarray | torch.Tensor, what: str) -> np.ndarray | torch.Tensor:
@@ -131,8 +181,19 @@ class ConfusionMatrix:
             iou[self.ignore_index] = np.nan
         return iou
 
-    def get_mean_iou(self) -> float:
-        """Mean IoU over real classes with a defined IoU; NaN when none has one."""
+    def get_mean_iou(self, convention: MiouConvention = "nuscenes") -> float:
+        """Mean IoU over the real classes under ``convention``; NaN when no point was counted.
+
+        ``"semantickitti"``: as semantic-kitti-api's ``getIoU``, ``TP / (TP + FP + FN + 1e-15)`` averaged over
+        every real class, an absent class counting 0. ``"nuscenes"`` (the default, kept for callers that
+        predate the choice): as nuscenes-devkit, the mean over real classes with a defined IoU.
+        """
+        if _check_convention(convention) == "semantickitti":
+            if self.matrix.sum() == 0:
+                return math.nan
+            tp = np.diag(self.matrix).astype(np.float64)
+            union = self.matrix.sum(axis=0) + self.matrix.sum(axis=1) - tp
+            return float((tp / (union + 1e-15))[self.real_classes].mean())
         iou = self.get_per_class_iou()[self.real_classes]
         iou = iou[~np.isnan(iou)]
         return float(iou.mean()) if iou.size else math.nan
@@ -149,21 +210,28 @@ class ConfusionMatrix:
         total = self.matrix.sum()
         return float(np.trace(self.matrix) / total) if total else math.nan
 
-    def to_dict(self, names: Sequence[str]) -> dict[str, object]:
-        """JSON-ready summary: ``{"miou", "accuracy", "freqweighted_iou", "iou": {name: IoU}}``.
+    def to_dict(self, names: Sequence[str], convention: MiouConvention) -> dict[str, object]:
+        """JSON-ready summary with both mIoU conventions, ``convention`` first.
 
+        Keys: ``miou`` and ``miou_convention`` (``convention`` and its :data:`CONVENTION_NAMES` name),
+        ``miou_other`` and ``miou_other_convention`` (the other convention), ``accuracy``,
+        ``freqweighted_iou`` and ``iou`` (``{name: IoU}``, None for an absent class under either convention).
         ``names`` has one name per class (``K``); the ignore class is left out of ``"iou"``. NaN becomes
         ``None`` because JSON has no NaN.
         """
         if len(names) != self.num_classes:
             raise ValueError(f"ConfusionMatrix.to_dict: {len(names)} names for {self.num_classes} classes")
+        other = other_convention(convention)
 
         def clean(v: float) -> float | None:
             return None if math.isnan(v) else float(v)
 
         iou = self.get_per_class_iou()
         return {
-            "miou": clean(self.get_mean_iou()),
+            "miou": clean(self.get_mean_iou(convention)),
+            "miou_convention": CONVENTION_NAMES[convention],
+            "miou_other": clean(self.get_mean_iou(other)),
+            "miou_other_convention": CONVENTION_NAMES[other],
             "accuracy": clean(self.get_accuracy()),
             "freqweighted_iou": clean(self.get_freqweighted_iou()),
             "iou": {names[c]: clean(iou[c]) for c in self.real_classes},
@@ -177,6 +245,8 @@ def format_table(
     accuracy: float | None = None,
     ignore_index: int | None = 0,
     title: str | None = None,
+    miou_label: str = "mIoU",
+    extra: Sequence[tuple[str, float]] = (),
 ) -> str:
     """A plain-text table of per-class IoU in percent, for logs and reports.
 
@@ -186,6 +256,8 @@ def format_table(
         miou, accuracy: optional summary rows, in ``[0, 1]``.
         ignore_index: class left out of the table (``None`` keeps all).
         title: optional first line.
+        miou_label: label of the mIoU row, e.g. naming its convention.
+        extra: further ``(label, value)`` summary rows, shown between the mIoU and accuracy rows.
     """
     ious = np.asarray(ious, dtype=np.float64)
     if ious.shape != (len(names),):
@@ -195,7 +267,8 @@ def format_table(
         return "n/a" if math.isnan(v) else f"{100.0 * v:.2f}"
 
     rows = [(str(names[c]), pct(ious[c])) for c in range(len(names)) if c != ignore_index]
-    summary = [(label, pct(v)) for label, v in (("mIoU", miou), ("accuracy", accuracy)) if v is not None]
+    wanted = [(miou_label, miou), *extra, ("accuracy", accuracy)]
+    summary = [(label, pct(v)) for label, v in wanted if v is not None]
     width = max(len(n) for n, _ in [*rows, *summary, ("class", "")])
     rule = "-" * (width + 11)
     lines = [title] if title else []

@@ -1,0 +1,88 @@
+"""What an evaluation reports: the levels, each level's ``metrics.json`` entry, and the console report.
+
+Every level carries mIoU under the dataset's official convention (``miou``, named by ``miou_convention``) and
+under the other one beside it (``miou_other``, ``miou_other_convention``); see :mod:`rangecps.eval.metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from rangecps.eval.metrics import ConfusionMatrix, MiouConvention, format_table
+
+LEVELS = {
+    "point_knn": "point-level mIoU (kNN)",
+    "point": "point-level mIoU (no kNN)",
+    "range_pixel": "range-pixel mIoU (the number the published semi-supervised range-view tables report)",
+}
+
+NET_NAMES = {"a": "net a", "b": "net b", "ensemble": "ensemble of nets a and b"}
+
+
+def level_dict(
+    cm: ConfusionMatrix, names: list[str], description: str, convention: MiouConvention
+) -> dict[str, Any]:
+    """One level's ``metrics.json`` entry: :meth:`ConfusionMatrix.to_dict` (both mIoU conventions, the
+    official ``convention`` as ``miou``), the number of counted points and the confusion matrix."""
+    return {
+        "description": description,
+        **cm.to_dict(names, convention),
+        "counted": int(cm.matrix.sum()),
+        "confusion_matrix": cm.matrix.tolist(),
+    }
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}"
+
+
+def _short(convention_name: str) -> str:
+    """``"semantic-kitti-api (absent classes count 0)"`` -> ``"semantic-kitti-api"``."""
+    return convention_name.split(" (")[0]
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The per-class table of the headline level and one line per level, for the console.
+
+    Each mIoU is named by its convention: the official one of the dataset first; the other one is shown
+    beside it only where the two differ (some class absent from ground truth and predictions).
+    """
+    net = NET_NAMES.get(result["net"], f"net {result['net']}")
+    levels = result["levels"]
+    if not levels:
+        return f"{result['split']}: {result['scans']} scans predicted with {net} (no labels, no metrics)"
+    head = levels[result["headline"]]
+    names = result["class_names"]
+
+    def number(v: float | None) -> float:
+        return math.nan if v is None else v
+
+    official, other = head["miou_convention"], head["miou_other_convention"]
+    ious = np.array([number(head["iou"].get(name)) for name in names])
+    title = f"{head['description']}, {result['split']} ({result['scans']} scans, {net})"
+    differs = _pct(head["miou"]) != _pct(head["miou_other"])
+    extra = [(f"mIoU, {_short(other)}", number(head["miou_other"]))] if differs else []
+    lines = [
+        format_table(
+            names, ious, number(head["miou"]), number(head["accuracy"]), title=title,
+            miou_label=f"mIoU, {_short(official)}", extra=extra,
+        ),
+    ]  # fmt: skip
+    if any(v is None for v in head["iou"].values()):
+        counts = "counts 0 in" if result["miou_convention"] == "semantickitti" else "is left out of"
+        lines.append(
+            f"n/a: class in neither ground truth nor predictions; {counts} the {_short(official)} mIoU"
+        )
+    lines += ["", f"mIoU by level ({net}), {official}:"]
+    width = max(len(v["description"]) for v in levels.values())
+    for level in LEVELS:
+        if level in levels:
+            v = levels[level]
+            line = f"{v['description']:<{width}}  {_pct(v['miou']):>6}   accuracy {_pct(v['accuracy']):>6}"
+            if _pct(v["miou"]) != _pct(v["miou_other"]):
+                line += f"   ({_short(v['miou_other_convention'])}: {_pct(v['miou_other'])})"
+            lines.append(line)
+    return "\n".join(lines)
