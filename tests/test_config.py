@@ -79,3 +79,31 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_config(tmp_path / "nothere.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path / "bad.yaml", "train: [1,\n"))
+
+
+@pytest.mark.parametrize("dataset", ["semantickitti", "scribblekitti", "nuscenes"])
+def test_real_dataset_configs_use_the_released_recipe(dataset: str) -> None:
+    folder = Path(__file__).resolve().parents[1] / "configs" / dataset
+    for path in sorted(folder.glob("*_*.yaml")):
+        cfg = load_config(path)
+        assert cfg.loss.recipe == "released" and cfg.data.input == "released", path
+        assert (cfg.loss.ce, cfg.loss.dice, cfg.loss.lovasz) == (1.0, 1.0, 3.0), path
+        assert cfg.loss.boundary == (0.0 if dataset == "scribblekitti" else 1.0), path
+        assert not cfg.loss.class_weights and cfg.optim.eps == 1e-6 and cfg.data.batch_size == 32, path
+        assert cfg.data.width == (None if dataset == "nuscenes" else 1920), path
+        assert set(cfg.train.epochs_by_labels) == {"1%", "10%", "20%", "50%"}, path
+        if cfg.model.name == "cenet":
+            assert cfg.loss.aux == 1.0, path
+            e = cfg.eval
+            assert (e.knn_k, e.knn_search, e.knn_sigma, e.knn_cutoff) == (7, 7, 1.0, 2.0), path
+
+
+def test_mapping_values_are_type_checked() -> None:
+    cfg = load_config(None, ["train.epochs_by_labels={'10%': 4}"])
+    assert cfg.train.epochs_by_labels == {"10%": 4}
+    with pytest.raises(ConfigError, match="epochs_by_labels"):
+        load_config(None, ["train.epochs_by_labels={'10%': four}"])
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(None, ["train.epochs_by_labels=[4]"])
+    with pytest.raises(ConfigError, match="scale_mode"):
+        load_config(None, ["data.augment.scale_mode=sometimes"])
