@@ -42,7 +42,6 @@ from rangecps.losses import (
 METHODS = {"sup_only": 1, "cps": 2, "cps_lasermix": 2}  # method -> number of nets
 # Supervised terms, each weighted by the LossConfig field of that name.
 TERMS = ("ce", "dice", "lovasz", "boundary")
-RECIPES = ("released", "rangecps")
 
 
 def per_scan(loss_fn: Callable[..., torch.Tensor], **tensors: torch.Tensor | float | None) -> torch.Tensor:
@@ -64,48 +63,42 @@ def per_scan(loss_fn: Callable[..., torch.Tensor], **tensors: torch.Tensor | flo
     return torch.stack([loss_fn(**{k: take(v, i) for k, v in tensors.items()}) for i in range(batch)]).mean()
 
 
-def _rangecps_terms(
+# Each recipe's function for each supervised term; CE takes logits, the others softmax probabilities.
+RECIPES: dict[str, dict[str, Callable[..., torch.Tensor]]] = {
+    "rangecps": {"ce": cross_entropy, "dice": dice_loss, "lovasz": lovasz_softmax, "boundary": boundary_loss},
+    "released": {
+        "ce": cross_entropy_all_pixels,
+        "dice": dice_loss,
+        "lovasz": lovasz_softmax,
+        "boundary": boundary_loss_released,
+    },
+}
+
+
+def _pooled(loss_fn: Callable[..., torch.Tensor], **tensors: torch.Tensor | float | None) -> torch.Tensor:
+    return loss_fn(**tensors)
+
+
+def _head_terms(
     logits: torch.Tensor,
     target: torch.Tensor,
     valid: torch.Tensor,
     cfg: LossConfig,
     class_weight: torch.Tensor | None,
 ) -> dict[str, torch.Tensor]:
-    """One head's weighted terms of the "rangecps" recipe, each a mean over scans; terms of weight 0 are skipped."""
+    """One head's terms of ``cfg.recipe``; terms of weight 0 are skipped. "rangecps" averages each term over the
+    scans (``per_scan``); "released" takes it on the whole batch at once, where pixels outside ``valid`` count as
+    label 0, as the release's empty pixels do."""
+    fns = RECIPES[cfg.recipe]
+    apply = per_scan if cfg.recipe == "rangecps" else _pooled
     terms = {}
     if cfg.ce:
-        terms["ce"] = per_scan(cross_entropy, logits=logits, target=target, weight=class_weight, valid=valid)
+        terms["ce"] = apply(fns["ce"], logits=logits, target=target, weight=class_weight, valid=valid)
     if cfg.dice or cfg.lovasz or cfg.boundary:
         probs = logits.float().softmax(1)
-        if cfg.dice:
-            terms["dice"] = per_scan(dice_loss, probs=probs, target=target, valid=valid)
-        if cfg.lovasz:
-            terms["lovasz"] = per_scan(lovasz_softmax, probs=probs, target=target, valid=valid)
-        if cfg.boundary:
-            terms["boundary"] = per_scan(boundary_loss, probs=probs, target=target, valid=valid)
-    return terms
-
-
-def _released_terms(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    valid: torch.Tensor,
-    cfg: LossConfig,
-    class_weight: torch.Tensor | None,
-) -> dict[str, torch.Tensor]:
-    """One head's weighted terms of the "released" recipe, on the whole batch at once; terms of weight 0 are
-    skipped. Pixels outside ``valid`` count as label 0, as the release's empty pixels do."""
-    terms = {}
-    if cfg.ce:
-        terms["ce"] = cross_entropy_all_pixels(logits, target, weight=class_weight, valid=valid)
-    if cfg.dice or cfg.lovasz or cfg.boundary:
-        probs = logits.float().softmax(1)
-        if cfg.dice:
-            terms["dice"] = dice_loss(probs, target, valid=valid)
-        if cfg.lovasz:
-            terms["lovasz"] = lovasz_softmax(probs, target, valid=valid)
-        if cfg.boundary:
-            terms["boundary"] = boundary_loss_released(probs, target, valid=valid)
+        for name in ("dice", "lovasz", "boundary"):
+            if getattr(cfg, name):
+                terms[name] = apply(fns[name], probs=probs, target=target, valid=valid)
     return terms
 
 
@@ -132,13 +125,12 @@ def supervised_loss(
     """
     if cfg.recipe not in RECIPES:
         raise ValueError(f"unknown loss recipe {cfg.recipe!r}; choose one of {list(RECIPES)}")
-    head_terms = _released_terms if cfg.recipe == "released" else _rangecps_terms
     zero = torch.zeros((), device=target.device)
     terms = dict.fromkeys(TERMS, zero)
     # Auxiliary heads are computed even when cfg.aux is 0, so that their parameters stay in the graph (DDP
     # without find_unused_parameters expects a gradient for every parameter).
     for i, logits in enumerate(outputs):
-        for name, value in head_terms(logits, target, valid, cfg, class_weight).items():
+        for name, value in _head_terms(logits, target, valid, cfg, class_weight).items():
             terms[name] = terms[name] + (value if i == 0 else cfg.aux * value)
     terms["sup"] = (
         cfg.ce * terms["ce"]

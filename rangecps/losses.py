@@ -75,6 +75,18 @@ def class_weights(frequencies: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return weight.float()
 
 
+def _pixel_nll(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, valid: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(B, H, W) float32 per-pixel ``w[y] * nll`` (0 where not labelled or not valid), the (B, H, W) mask of the
+    counted pixels, the target with uncounted pixels set to 0, and the float32 weight (or None)."""
+    keep = _labelled(target, valid)
+    target = torch.where(keep, target, torch.zeros_like(target))
+    w = None if weight is None else weight.to(device=logits.device, dtype=torch.float32)
+    nll = F.cross_entropy(logits.float(), target, weight=w, ignore_index=IGNORE_INDEX, reduction="none")
+    return nll, keep, target, w
+
+
 def cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -88,11 +100,7 @@ def cross_entropy(
     """
     _check(logits, target, valid, "cross_entropy")
     with _no_autocast(logits):
-        logits = logits.float()
-        keep = _labelled(target, valid)
-        target = torch.where(keep, target, torch.zeros_like(target))
-        w = None if weight is None else weight.to(device=logits.device, dtype=torch.float32)
-        nll = F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE_INDEX, reduction="none")
+        nll, keep, target, w = _pixel_nll(logits, target, weight, valid)
         denom = keep.sum() if w is None else (w[target] * keep).sum()
         # With nothing counted nll is all zeros, so the clamp yields 0 without a host sync.
         return nll.sum() / denom.clamp_min(1e-12)
@@ -206,12 +214,7 @@ def cross_entropy_all_pixels(
     """
     _check(logits, target, valid, "cross_entropy_all_pixels")
     with _no_autocast(logits):
-        logits = logits.float()
-        keep = _labelled(target, valid)
-        target = torch.where(keep, target, torch.zeros_like(target))
-        w = None if weight is None else weight.to(device=logits.device, dtype=torch.float32)
-        nll = F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE_INDEX, reduction="none")
-        return nll.mean()
+        return _pixel_nll(logits, target, weight, valid)[0].mean()
 
 
 def dice_loss(

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from official_kitti import OfficialIouEval
 
 from rangecps.checkpoint import save_checkpoint
 from rangecps.cli import eval_main
@@ -98,34 +99,6 @@ def nuscenes_run(synthetic_nuscenes: Path, tmp_path_factory: pytest.TempPathFact
         1,
         never_predict_absent=True,
     )
-
-
-class OfficialIouEval:
-    """semantic-kitti-api's ``auxiliary/np_ioueval.py`` ``iouEval``, re-implemented plainly: the confusion
-    matrix is indexed ``[pred, gt]``; ``getStats`` zeroes the columns of the ignored ground-truth classes."""
-
-    def __init__(self, n_classes: int, ignore: list[int]) -> None:
-        self.ignore = np.array(ignore, dtype=np.int64)
-        self.include = np.array([c for c in range(n_classes) if c not in ignore], dtype=np.int64)
-        self.conf_matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-
-    def add_batch(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        np.add.at(self.conf_matrix, (pred.reshape(-1), gt.reshape(-1)), 1)
-
-    def get_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        conf = self.conf_matrix.copy()
-        conf[:, self.ignore] = 0
-        tp = np.diag(conf)
-        return tp, conf.sum(axis=1) - tp, conf.sum(axis=0) - tp
-
-    def get_iou(self) -> tuple[float, np.ndarray]:
-        tp, fp, fn = self.get_stats()
-        union = tp + fp + fn + 1e-15
-        return float((tp[self.include] / union[self.include]).mean()), tp / union
-
-    def get_acc(self) -> float:
-        tp, fp, _ = self.get_stats()
-        return float(tp.sum() / (tp[self.include].sum() + fp[self.include].sum() + 1e-15))
 
 
 def official_kitti_scores(gt_dir: Path, pred_dir: Path) -> tuple[float, np.ndarray, np.ndarray, float]:

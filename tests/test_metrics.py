@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from official_kitti import OfficialIouEval
 
 from rangecps.eval.metrics import (
     CONVENTION_NAMES,
@@ -149,35 +150,6 @@ def test_agrees_with_nuscenes_devkit() -> None:
     )
     assert ours.get_mean_iou("nuscenes") == pytest.approx(theirs.get_mean_iou(), rel=1e-6)
     assert ours.get_freqweighted_iou() == pytest.approx(theirs.get_freqweighted_iou(), rel=1e-6)
-
-
-class OfficialIouEval:
-    """semantic-kitti-api's ``auxiliary/np_ioueval.py`` ``iouEval``, re-implemented plainly and independently of
-    rangecps: ``conf[pred, gt]`` filled by ``np.add.at``; ``getStats`` zeroes the columns of ignored ground truth;
-    ``getIoU`` averages ``tp / (tp + fp + fn + 1e-15)`` over every non-ignored class; ``getacc`` as the API."""
-
-    def __init__(self, n_classes: int, ignore: list[int]) -> None:
-        self.ignore = np.array(ignore, dtype=np.int64)
-        self.include = np.array([c for c in range(n_classes) if c not in ignore], dtype=np.int64)
-        self.conf_matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-
-    def add_batch(self, pred: np.ndarray, gt: np.ndarray) -> None:
-        np.add.at(self.conf_matrix, tuple(np.stack((pred.reshape(-1), gt.reshape(-1)), axis=0)), 1)
-
-    def get_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        conf = self.conf_matrix.copy()
-        conf[:, self.ignore] = 0
-        tp = np.diag(conf)
-        return tp, conf.sum(axis=1) - tp, conf.sum(axis=0) - tp
-
-    def get_iou(self) -> tuple[float, np.ndarray]:
-        tp, fp, fn = self.get_stats()
-        union = tp + fp + fn + 1e-15
-        return float((tp[self.include] / union[self.include]).mean()), tp / union
-
-    def get_acc(self) -> float:
-        tp, fp, _ = self.get_stats()
-        return float(tp.sum() / (tp[self.include].sum() + fp[self.include].sum() + 1e-15))
 
 
 @pytest.mark.parametrize("absent", [(), (4, 13)], ids=["every-class-occurs", "two-classes-absent"])
