@@ -237,6 +237,15 @@ def test_cache_equals_projection_and_augments_exactly(synthetic_kitti: Path, tmp
     a, b = plain[1], cached[1]
     for key in ("input", "label", "mask", "rows", "cols", "depth", "point_label"):
         assert torch.equal(a[key], b[key]), key
+    # The released encoding and the column roll read the cache the same way as the points.
+    kw = {"encoding": "released", "roll": True}
+    plain = RangeDataset(synthetic_kitti, recs, cls.file_format, cls.geometry, lmap, stats, **kw)
+    cached = RangeDataset(
+        synthetic_kitti, recs, cls.file_format, cls.geometry, lmap, stats, cache_dir=tmp_path / "cache", **kw
+    )
+    a, b = plain[2], cached[2]
+    for key in ("input", "label", "mask", "rows", "cols", "depth", "point_label"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-6, msg=key)
 
     # Each image-space augmentation equals projecting the transformed points.
     scan = read_scan(synthetic_kitti, recs[0], cls.file_format, lmap)
