@@ -279,6 +279,18 @@ def train(
     if cfg.train.compile:
         train_nets = [torch.compile(n) for n in train_nets]
 
+    def run_state() -> dict[str, Any]:
+        """What every checkpoint holds besides weights: where the run stands and how to rebuild its nets."""
+        return {
+            "step": step,
+            "best": best,
+            "best_steps": best_steps,
+            "config": resolved,
+            "derived": derived,
+            "revision": derived["revision"],
+            "label_names": list(data.label_map.names),
+        }
+
     def checkpoint(path: Path) -> None:
         save_checkpoint(
             path,
@@ -287,32 +299,14 @@ def train(
                 "optimizers": [o.state_dict() for o in opts],
                 "schedulers": [s.state_dict() for s in scheds],
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "step": step,
-                "best": best,
-                "best_steps": best_steps,
                 "rng": rng_state(generator),
-                "config": resolved,
-                "derived": derived,
-                "revision": derived["revision"],
-                "label_names": list(data.label_map.names),
+                **run_state(),
             },
         )
 
     def save_best() -> None:
         """best.pt: every net at its own best validation step, with what evaluation needs to rebuild them."""
-        save_checkpoint(
-            out_dir / "best.pt",
-            {
-                "nets": best_nets,
-                "step": step,
-                "best": best,
-                "best_steps": best_steps,
-                "config": resolved,
-                "derived": derived,
-                "revision": derived["revision"],
-                "label_names": list(data.label_map.names),
-            },
-        )
+        save_checkpoint(out_dir / "best.pt", {"nets": best_nets, **run_state()})
 
     log = RunLog(out_dir, main)
     bar = tqdm(
