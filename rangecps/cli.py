@@ -134,11 +134,13 @@ def train_main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e))
     if summary.get("rank", 0) == 0:
-        vals = ", ".join(f"net {k[-1]} {v * 100:.1f}" for k, v in summary["val_pixel_miou"].items())
+        vals = ", ".join(
+            f"net {k.removeprefix('miou_')} {v * 100:.1f}" for k, v in summary["val_pixel_miou"].items()
+        )
         bests = ", ".join(
-            f"net {'ab'[k]} {v * 100:.1f} at step {s}"
-            for k, (v, s) in enumerate(
-                zip(summary["best_val_pixel_miou"], summary["best_steps"], strict=True)
+            f"net {name} {v * 100:.1f} at step {s}"
+            for name, v, s in zip(
+                summary["nets"], summary["best_val_pixel_miou"], summary["best_steps"], strict=True
             )
         )
         print(
@@ -168,10 +170,11 @@ def eval_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--net",
-        choices=("a", "b", "ensemble"),
+        choices=("a", "b", "student", "teacher", "ensemble"),
         default=None,
-        help="which network of a CPS run to score: a, b, or ensemble (mean of both softmaxes); "
-        "default a, as the CPS reference evaluates one branch",
+        help="which network to score: a or b of a sup_only / CPS run (default a, as the CPS reference "
+        "evaluates one branch), student or teacher of a Mean Teacher / LaserMix run (default teacher, as the "
+        "LaserMix release), or ensemble (mean of both softmaxes)",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help="results folder (default: RUN/eval_<split>_<net>)"

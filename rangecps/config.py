@@ -104,6 +104,21 @@ class LossConfig:
 
 
 @dataclass
+class SemiConfig:
+    """The teacher and the mixing of the semi-supervised methods (``mean_teacher``, ``lasermix``,
+    ``cps_lasermix``). Defaults: the LaserMix release on SemanticKITTI (configs/lasermix/*semantickitti_10.py)."""
+
+    ema_momentum: float = 0.01  # teacher = (1 - m) teacher + m student after every optimiser step
+    consistency: float = 250.0  # weight of the MSE between student and teacher softmax (mmdet.MSELoss weight)
+    consistency_rampup: int = 0  # steps of the sigmoid ramp-up exp(-5 (1 - t)^2) of that weight; 0: none
+    pseudo_threshold: float = 0.9  # LaserMix targets: pseudo-labels below this softmax confidence are ignored
+    mix: float = 1.0  # weight of the supervised loss on the mixed scans (the release's unsup_weight)
+    mix_bands: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])  # numbers of bands, drawn uniformly
+    # Inclination range (deg) the bands split; None: the range image's vertical field of view (fov_down, fov_up).
+    mix_pitch: tuple[float, float] | None = None
+
+
+@dataclass
 class OptimConfig:
     lr: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
@@ -117,7 +132,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    method: Literal["sup_only", "cps", "cps_lasermix"] = "cps"
+    method: Literal["sup_only", "mean_teacher", "cps", "lasermix", "cps_lasermix"] = "cps"
     epochs: int = 50
     # Epochs per labeled share (keys as data.labels, e.g. "10%"), overriding ``epochs`` for that share.
     epochs_by_labels: dict[str, int] = field(default_factory=dict)
@@ -147,6 +162,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -22,3 +23,11 @@ def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     if setting == "fp16" or (setting == "auto" and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16
+
+
+def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+    """Move a batch's tensors to ``device``; ``input`` (B, C, H, W) goes channels_last when asked."""
+    out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if channels_last:
+        out["input"] = out["input"].contiguous(memory_format=torch.channels_last)
+    return out

@@ -1,10 +1,10 @@
-"""Losses of the range-view recipes: cross-entropy, Dice, Lovasz-softmax, boundary loss, and the Cross Pseudo
-Supervision loss. Pure torch; they know no data format. ``rangecps.cps.supervised_loss`` combines them into two
-recipes (``LossConfig.recipe``):
+"""Losses of the range-view recipes: cross-entropy, Dice, Lovasz-softmax, boundary loss, the Cross Pseudo
+Supervision loss and the Mean Teacher consistency. Pure torch; they know no data format.
+``rangecps.supervision.supervised_loss`` combines the supervised ones into two recipes (``LossConfig.recipe``):
 
 - "rangecps": ``cross_entropy`` (class-weighted mean over labelled, valid pixels), ``lovasz_softmax`` and
   ``boundary_loss`` (theta-dilated BF1), each computed on every scan alone and averaged over the scans
-  (``rangecps.cps.per_scan``; for Lovasz this is the paper's per_image=True).
+  (``rangecps.supervision.per_scan``; for Lovasz this is the paper's per_image=True).
 - "released": the LaserMix range-view release (ldkong1205/LaserMix, ``script/trainer``): ``cross_entropy_all_pixels``
   (mean over all B*H*W pixels, ignored ones counting 0), ``dice_loss`` (pooled over the batch),
   ``lovasz_softmax`` called once on the whole batch (per_image=False) and ``boundary_loss_released``.
@@ -115,7 +115,7 @@ def lovasz_softmax(
     over classes present in the target of the Lovasz extension of the Jaccard loss, evaluated at the per-pixel
     errors |1[y = c] - p_c|. All classes are handled at once by sorting a (K, P) error matrix.
     The "released" recipe calls it once on the whole (local) batch, as the release does; the "rangecps" recipe
-    calls it on each scan alone and averages over scans (``rangecps.cps.per_scan``, the paper's per_image=True).
+    calls it on each scan alone and averages over scans (``rangecps.supervision.per_scan``, the paper's per_image=True).
     probs: (B, K, H, W) softmax probabilities.
     """
     _check(probs, target, valid, "lovasz_softmax")
@@ -318,3 +318,23 @@ def _masked_ce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -
     """Mean cross-entropy of (B, K, H, W) float32 logits against (B, H, W) labels over the (B, H, W) mask."""
     nll = F.cross_entropy(logits, labels, reduction="none")
     return torch.where(mask, nll, 0.0).sum() / mask.sum().clamp_min(1)
+
+
+def softmax_mse(
+    logits_s: torch.Tensor, logits_t: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean Teacher consistency: mean squared difference of the student's and the teacher's softmax.
+
+    The mean runs over every element of the (B, K, H, W) probability maps, as ``mmdet.MSELoss`` takes it in the
+    LaserMix release; with ``valid`` (B, H, W) only over the K values of valid pixels. The teacher's probabilities
+    are detached: gradients reach the student only. logits_s, logits_t: (B, K, H, W).
+    """
+    if logits_s.shape != logits_t.shape or logits_s.dim() != 4:
+        raise ValueError(
+            f"softmax_mse: logits shapes differ or are not 4-D: {logits_s.shape} vs {logits_t.shape}"
+        )
+    with _no_autocast(logits_s):
+        sq = (logits_s.float().softmax(1) - logits_t.detach().float().softmax(1)).square()
+        if valid is None:
+            return sq.mean()
+        return (sq * valid[:, None]).sum() / (valid.sum() * sq.shape[1]).clamp_min(1)

@@ -8,7 +8,8 @@ Run folder layout::
     tb/                TensorBoard scalars
     last.pt            atomic checkpoint of the latest state
     best.pt            the nets at their best validation range-pixel mIoU: each net's own best (a CPS run keeps
-                       net a's and net b's best steps side by side; ``best_steps`` says which)
+                       net a's and net b's best steps side by side, a Mean Teacher run the student's and the
+                       teacher's; ``net_names`` and ``best_steps`` say which)
     summary.json       final figures
 
 Learning rate under DDP: ``optim.lr`` is used as given whatever the number of processes; the global batch is
@@ -32,101 +33,18 @@ from rangecps import dist
 from rangecps.atomic import atomic_write
 from rangecps.checkpoint import code_revision, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rangecps.config import Config, dump_yaml, to_dict
-from rangecps.cps import METHODS, cps_step
-from rangecps.data.build import DataBundle, build_data
-from rangecps.data.dataset import CHANNELS, collate
+from rangecps.cps import cps_step
+from rangecps.data.build import build_data
+from rangecps.data.dataset import CHANNELS
+from rangecps.data.lasermix import LaserMix
 from rangecps.data.loader import semi_supervised_loader
-from rangecps.device import amp_dtype, select_device
-from rangecps.eval.metrics import ConfusionMatrix, official_convention
+from rangecps.device import amp_dtype, select_device, to_device
+from rangecps.eval.validation import validate
 from rangecps.losses import class_weights
+from rangecps.methods import METHODS
 from rangecps.models import build_model
-
-# Keys that may differ between a checkpoint's config and the resuming one: they change when and what is logged
-# or how long to go on, not what is computed.
-RESUMABLE_CHANGES = {"train.max_steps", "train.val_every", "train.log_every", "train.ckpt_every"}
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    fa, fb = _flatten(a), _flatten(b)
-    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
-
-
-def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
-    out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    if channels_last:
-        out["input"] = out["input"].contiguous(memory_format=torch.channels_last)
-    return out
-
-
-@torch.no_grad()
-def validate(
-    nets: list[nn.Module],
-    data: DataBundle,
-    device: torch.device,
-    amp: torch.dtype | None,
-    info: dist.DistInfo,
-    batch_size: int,
-    num_workers: int,
-) -> dict[str, float]:
-    """Range-pixel mIoU of every net on the validation split (fast; point-level figures come from evaluation),
-    under the dataset's official convention (semantic-kitti-api or nuscenes-devkit).
-
-    Each process takes every ``world``-th scan; confusion matrices are summed over processes.
-    """
-    ds = data.dataset("val", with_points=False)
-    ds.records = ds.records[info.rank :: info.world]
-    loader = torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate
-    )
-    cms = [ConfusionMatrix(data.num_classes) for _ in nets]
-    for net in nets:
-        net.eval()
-    for batch in loader:
-        batch = to_device(batch, device, False)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            for net, cm in zip(nets, cms, strict=True):
-                pred = net(batch["input"])[:, 1:].argmax(1) + 1  # class 0 (ignore) is never predicted
-                cm.update(batch["label"][batch["mask"]], pred[batch["mask"]])
-    for net in nets:
-        net.train()
-    out = {}
-    for name, cm in zip("ab", cms, strict=False):
-        cm.all_reduce(device)
-        out[f"miou_{name}"] = cm.get_mean_iou(official_convention(data.dataset_cls.name))
-    return out
-
-
-class RunLog:
-    """Rank-0 logging: ``metrics.jsonl`` lines and TensorBoard scalars."""
-
-    def __init__(self, out_dir: Path, enabled: bool) -> None:
-        self.enabled = enabled
-        self.writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(out_dir / "tb"))
-            self.file = open(out_dir / "metrics.jsonl", "a")
-
-    def log(self, step: int, values: dict[str, float], prefix: str) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps({"step": step, **{f"{prefix}/{k}": v for k, v in values.items()}}) + "\n")
-        self.file.flush()
-        for k, v in values.items():
-            self.writer.add_scalar(f"{prefix}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.file.close()
-            self.writer.close()
+from rangecps.runlog import RESUMABLE_CHANGES, RunLog, config_differences
+from rangecps.teacher import ema_update, make_teacher
 
 
 def train(
@@ -151,11 +69,13 @@ def train(
     if not main:
         data = build_data(cfg, progress=False)
 
-    n_nets = METHODS[cfg.train.method]
+    spec = METHODS[cfg.train.method]
+    n_nets = len(spec.nets)
     labeled_ids = data.split.labeled
-    unlabeled_ids = data.split.unlabeled if n_nets == 2 and data.split.unlabeled else None
-    if n_nets == 2 and unlabeled_ids is None:
-        # At 100 % labels CPS still learns from pseudo-labels: the labeled scans serve as the unlabeled stream.
+    unlabeled_ids = data.split.unlabeled if spec.unlabeled and data.split.unlabeled else None
+    if spec.unlabeled and unlabeled_ids is None:
+        # At 100 % labels the semi-supervised methods still learn from pseudo-labels and consistency: the labeled
+        # scans serve as the unlabeled stream.
         unlabeled_ids = labeled_ids
     labeled_ds = data.dataset(
         "train", labeled_ids, augment=cfg.data.augment, seed=cfg.train.seed, with_points=False
@@ -189,8 +109,8 @@ def train(
 
     amp = amp_dtype(cfg.train.amp, device)
     channels_last = cfg.train.channels_last and device.type == "cuda"
-    nets: list[nn.Module] = []
-    for k in range(n_nets):  # CPS: one architecture, two initialisations
+    nets: list[nn.Module] = []  # the trained nets first, then the EMA teacher of Mean Teacher and LaserMix
+    for k in range(spec.trained):  # CPS: one architecture, two initialisations
         net = build_model(
             cfg.model.name, len(CHANNELS), data.num_classes, cfg.model.width, seed=cfg.train.seed * 1000 + k
         )
@@ -198,6 +118,13 @@ def train(
             net = dist.convert_sync_batchnorm(net, device.type)
         net = net.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
         nets.append(net)
+    nets += [make_teacher(nets[0]) for _ in range(n_nets - spec.trained)]  # starts as the student, frozen
+    trained = nets[: spec.trained]
+    mixer = (
+        LaserMix.for_geometry(data.geometry, tuple(cfg.semi.mix_bands), cfg.semi.mix_pitch)
+        if spec.mixes
+        else None
+    )
     opts = [
         torch.optim.AdamW(
             n.parameters(),
@@ -206,7 +133,7 @@ def train(
             weight_decay=cfg.optim.weight_decay,
             eps=cfg.optim.eps,
         )
-        for n in nets
+        for n in trained
     ]
     scheds = [
         torch.optim.lr_scheduler.OneCycleLR(
@@ -270,11 +197,13 @@ def train(
         for name, ids in (("labeled", labeled_ids), ("unlabeled", data.split.unlabeled)):
             with atomic_write(out_dir / "splits" / f"{name}.txt", "w") as f:
                 f.write("".join(f"{i}\n" for i in ids))
+    # DDP wraps the trained nets only: a teacher has no gradients to reduce, and its weights follow the
+    # (synchronised) student on every process.
     train_nets = [
         DistributedDataParallel(n, device_ids=[device.index] if device.type == "cuda" else None)
-        if info.enabled
+        if info.enabled and k < spec.trained
         else n
-        for n in nets
+        for k, n in enumerate(nets)
     ]
     if cfg.train.compile:
         train_nets = [torch.compile(n) for n in train_nets]
@@ -282,6 +211,7 @@ def train(
     def run_state() -> dict[str, Any]:
         """What every checkpoint holds besides weights: where the run stands and how to rebuild its nets."""
         return {
+            "net_names": list(spec.nets),
             "step": step,
             "best": best,
             "best_steps": best_steps,
@@ -328,7 +258,16 @@ def train(
             unlabeled = to_device(unlabeled, device, channels_last) if unlabeled is not None else None
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 losses = cps_step(
-                    train_nets, labeled, unlabeled, cfg.train.method, cfg.loss, weight, generator
+                    train_nets,
+                    labeled,
+                    unlabeled,
+                    cfg.train.method,
+                    cfg.loss,
+                    weight,
+                    generator,
+                    semi=cfg.semi,
+                    mixer=mixer,
+                    step=step,
                 )
             if not torch.isfinite(losses["loss"]):
                 raise FloatingPointError(
@@ -337,12 +276,14 @@ def train(
             for o in opts:
                 o.zero_grad(set_to_none=True)
             scaler.scale(losses["loss"]).backward()
-            for net, o in zip(nets, opts, strict=True):
+            for net, o in zip(trained, opts, strict=True):
                 if cfg.optim.grad_clip > 0:
                     scaler.unscale_(o)
                     nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
                 scaler.step(o)
             scaler.update()
+            for teacher in nets[spec.trained :]:
+                ema_update(teacher, nets[0], cfg.semi.ema_momentum)
             for s in scheds:
                 s.step()
             step += 1
@@ -355,11 +296,13 @@ def train(
                 bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}")
                 log.log(step, values, "train")
             if step % cfg.train.val_every == 0 or step == stop_step:
-                val = validate(nets, data, device, amp, info, cfg.data.batch_size, cfg.data.num_workers)
+                val = validate(
+                    nets, spec.nets, data, device, amp, info, cfg.data.batch_size, cfg.data.num_workers
+                )
                 log.log(step, val, "val")
                 improved = False
                 for k, net in enumerate(nets):
-                    score = val[f"miou_{'ab'[k]}"]
+                    score = val[f"miou_{spec.nets[k]}"]
                     if score > best[k]:
                         best[k], best_steps[k], improved = score, step, True
                         best_nets[k] = {n: t.detach().cpu().clone() for n, t in net.state_dict().items()}
@@ -380,6 +323,7 @@ def train(
         "seconds": round(time.time() - start_time, 1),
         "val_pixel_miou": val,
         "rank": info.rank,
+        "nets": list(spec.nets),
         "best_val_pixel_miou": best,
         "best_steps": best_steps,
         "revision": derived["revision"],

@@ -290,8 +290,21 @@ def test_cps_run_is_scored_with_net_a_unless_asked(
 ) -> None:
     """Net a by default (one network, as the CPS reference evaluates); b and the ensemble on request. Each
     report and default results folder names the net."""
-    assert choose_net(None, 2, kitti_run) == "a" and choose_net(None, 1, kitti_run) == "a"
-    assert choose_net("ensemble", 2, kitti_run) == "ensemble" and choose_net("b", 2, kitti_run) == "b"
+    ab, mt = ("a", "b"), ("student", "teacher")
+    assert (
+        choose_net(None, ab, "cps", kitti_run) == "a"
+        and choose_net(None, ("a",), "sup_only", kitti_run) == "a"
+    )
+    assert (
+        choose_net("ensemble", ab, "cps", kitti_run) == "ensemble"
+        and choose_net("b", ab, "cps", kitti_run) == "b"
+    )
+    # Mean Teacher and LaserMix runs are scored with the teacher unless asked, as the LaserMix release predicts.
+    assert choose_net(None, mt, "lasermix", kitti_run) == "teacher"
+    assert choose_net(None, mt, "mean_teacher", kitti_run) == "teacher"
+    assert choose_net("student", mt, "mean_teacher", kitti_run) == "student"
+    with pytest.raises(ValueError, match="--net takes student, teacher or ensemble"):
+        choose_net("b", mt, "lasermix", kitti_run)
     matrices = {}
     for net, title in (("b", "net b"), ("ensemble", "ensemble of nets a and b")):
         args = [str(kitti_run), "--net", net, "--no-knn", "--num-workers", "0", "--no-progress"]
@@ -313,7 +326,7 @@ def test_cps_run_is_scored_with_net_a_unless_asked(
 def test_clear_errors(nuscenes_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert eval_main([str(nuscenes_run), "--net", "b", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert f"{nuscenes_run / 'best.pt'}: holds 1 network" in err and "--net b" in err
+    assert f"{nuscenes_run / 'best.pt'}: holds the net(s) a of a sup_only run; --net takes a" in err
     assert eval_main([str(tmp_path / "missing")]) == 2
     assert f"{tmp_path / 'missing'}: no such run folder or checkpoint" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

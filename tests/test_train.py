@@ -160,7 +160,7 @@ def test_best_checkpoint_keeps_each_nets_best(synthetic_kitti: Path, tmp_path: P
         net = build_model("fidnet", 6, data.num_classes, cfg.model.width)
         net.load_state_dict(weights)
         nets.append(net)
-    again = validate(nets, data, torch.device("cpu"), None, dist.DistInfo(), 1, 0)
+    again = validate(nets, ("a", "b"), data, torch.device("cpu"), None, dist.DistInfo(), 1, 0)
     assert again["miou_a"] == pytest.approx(best["best"][0]) and again["miou_b"] == pytest.approx(
         best["best"][1]
     )

@@ -23,7 +23,9 @@ class Geometry:
     """The range image of a sensor: its size and how rows are found.
 
     ``rings`` True: the row is ``height - 1 - ring`` (nuScenes stores the ring index); else rows come from the
-    pitch between ``fov_down`` and ``fov_up`` (degrees), as in RangeNet++.
+    pitch between ``fov_down`` and ``fov_up`` (degrees), as in RangeNet++. ``elevations``: with rings, each
+    laser's elevation (deg, ring 0 first) when the lasers are not evenly spaced from ``fov_down`` to ``fov_up``;
+    LaserMix places its inclination bands by them.
     """
 
     height: int
@@ -31,6 +33,7 @@ class Geometry:
     fov_up: float
     fov_down: float
     rings: bool
+    elevations: tuple[float, ...] | None = None
 
 
 # The published range-view settings: 64x2048 for the HDL-64E of KITTI, 32x1920 for the HDL-32E of nuScenes.

@@ -1,38 +1,105 @@
-"""LaserMix (Kong et al., CVPR 2023) in the range view.
+"""LaserMix (Kong et al., CVPR 2023) on range images: inclination bands, row masks and the two-way mix.
 
-LaserMix partitions two scans into the same inclination bands and takes alternate bands from each. Range-image
-rows are inclination bands already (rows follow the pitch for the KITTI projection and the ring for nuScenes), so
-mixing points by inclination and then projecting equals mixing the projected images row band by row band. Doing
-it on the images lets the training step mix inputs, labels and pseudo-labels with one mask and no re-projection.
+LaserMix splits the vertical field of view into N bands of equal inclination (N drawn per pair from a set) and
+builds two scans from a labeled/unlabeled pair: one with the even bands (counted from the top) of the labeled scan
+and the odd bands of the unlabeled one, and its complement. The release (``mmdet3d/models/segmentors/lasermix.py``
+of ldkong1205/LaserMix) mixes points by their own pitch over a fixed range ([-25, 3] deg on SemanticKITTI,
+[-30, 10] deg on nuScenes).
+
+Here the mix stays on the range images. Every row of a range image is one inclination: with the pitch projection
+(KITTI) row r holds the points whose pitch lies in the row's interval, linear in the row; with the ring projection
+(nuScenes) row r holds one laser, whose elevation the :class:`~rangecps.data.index.Geometry` gives. A row joins the
+band its inclination falls in (:func:`row_inclinations`, :meth:`LaserMix.row_bands`), so the band edges follow the
+beams: on a sensor whose beams are unevenly spaced and whose rows are rings, bands hold unequal numbers of rows.
+For the pitch projection this is the same as mixing the points by pitch with band edges moved to the nearest row
+boundary and projecting the mixed cloud: every pixel takes the nearest point of the scan its row comes from.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
-# LaserMix draws the number of inclination bands from this set for every mixed pair.
-BAND_CHOICES = (2, 3, 4, 5, 6)
+from rangecps.data.index import Geometry
 
 
-def band_rows(
-    height: int, num_bands: int, first_from_a: bool, device: torch.device | None = None
-) -> torch.Tensor:
-    """(height,) bool: True for rows taken from scan ``a``. Bands split the rows evenly, top to bottom, and
-    alternate between the scans starting with ``a`` when ``first_from_a``."""
-    band = torch.arange(height, device=device) * num_bands // height
-    return (band % 2 == 0) == first_from_a
+def row_inclinations(geometry: Geometry) -> np.ndarray:
+    """(H,) float64: the inclination (deg) of each range-image row, row 0 at the top.
+
+    Pitch projection: the centre of the row's pitch interval, ``fov_up - (r + 0.5) * fov / H``. Ring projection:
+    the elevation of the laser in the row (``row = H - 1 - ring``): ``geometry.elevations`` if given (ring 0 first),
+    else lasers evenly spaced from ``fov_down`` (ring 0) to ``fov_up``.
+    """
+    h = geometry.height
+    if not geometry.rings:
+        fov = geometry.fov_up - geometry.fov_down
+        return geometry.fov_up - (np.arange(h) + 0.5) * fov / h
+    if geometry.elevations is not None:
+        if len(geometry.elevations) != h:
+            raise ValueError(f"geometry has {len(geometry.elevations)} elevations for {h} rows")
+        by_ring = np.asarray(geometry.elevations, dtype=np.float64)
+    else:
+        by_ring = np.linspace(geometry.fov_down, geometry.fov_up, h)
+    return by_ring[::-1].copy()
 
 
-def lasermix_masks(
-    batch: int, height: int, generator: torch.Generator, device: torch.device | None = None
-) -> torch.Tensor:
-    """(batch, height) bool row masks, one random LaserMix partition per pair (True: row from scan ``a``)."""
-    masks = []
-    for _ in range(batch):
-        n = BAND_CHOICES[int(torch.randint(len(BAND_CHOICES), (1,), generator=generator))]
-        first = bool(torch.randint(2, (1,), generator=generator))
-        masks.append(band_rows(height, n, first, device))
-    return torch.stack(masks)
+@dataclass(frozen=True)
+class LaserMix:
+    """Where the bands lie on one geometry's rows, and the draw of each pair's partition.
+
+    Attributes:
+        row_pitch: (H,) inclination of every row (deg), from :func:`row_inclinations`.
+        pitch_range: (low, high) inclination the N bands split evenly (deg): the release's ``pitch_angles``.
+        bands: the numbers of bands to draw from, uniformly (the release's ``num_areas``).
+    """
+
+    row_pitch: tuple[float, ...]
+    pitch_range: tuple[float, float]
+    bands: tuple[int, ...]
+
+    @classmethod
+    def for_geometry(
+        cls, geometry: Geometry, bands: tuple[int, ...], pitch_range: tuple[float, float] | None = None
+    ) -> LaserMix:
+        """Bands over ``pitch_range`` or, if None, over the sensor's own vertical field of view."""
+        low, high = pitch_range if pitch_range is not None else (geometry.fov_down, geometry.fov_up)
+        if not low < high:
+            raise ValueError(f"LaserMix pitch range must rise, got [{low}, {high}]")
+        if not bands or min(bands) < 2:
+            raise ValueError(f"LaserMix needs at least 2 bands per partition, got {list(bands)}")
+        return cls(
+            tuple(float(p) for p in row_inclinations(geometry)), (float(low), float(high)), tuple(bands)
+        )
+
+    @classmethod
+    def even_rows(cls, height: int, bands: tuple[int, ...]) -> LaserMix:
+        """Rows evenly spaced in inclination over the band range (any pitch-projected image)."""
+        pitch = tuple(float(p) for p in 1.0 - (np.arange(height) + 0.5) / height)
+        return cls(pitch, (0.0, 1.0), tuple(bands))
+
+    def row_bands(self, num_bands: int) -> torch.Tensor:
+        """(H,) int64: the band of every row, 0 at the top (highest inclination) to ``num_bands - 1``.
+
+        Band k covers inclinations ``(high - (k + 1) * step, high - k * step]``, step = (high - low) / N; rows
+        outside the range join the nearest band (the release clamps pitch into the range).
+        """
+        low, high = self.pitch_range
+        pitch = torch.tensor(self.row_pitch, dtype=torch.float64)
+        band = torch.floor((high - pitch) / (high - low) * num_bands)
+        return band.clamp(0, num_bands - 1).long()
+
+    def draw(self, pairs: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One partition per pair: ``(rows_from_labeled (pairs, H) bool, num_bands (pairs,) int64)``.
+
+        ``rows_from_labeled`` is True in the even bands; the pair's first mixed scan takes those rows from the
+        labeled scan, its second mixed scan the complement (:func:`mix_pairs`).
+        """
+        choice = torch.randint(len(self.bands), (pairs,), generator=generator)
+        counts = torch.tensor(self.bands)[choice]
+        rows = torch.stack([self.row_bands(int(n)) % 2 == 0 for n in counts])
+        return rows, counts
 
 
 def mix_rows(a: torch.Tensor, b: torch.Tensor, rows_from_a: torch.Tensor) -> torch.Tensor:
@@ -48,4 +115,27 @@ def mix_rows(a: torch.Tensor, b: torch.Tensor, rows_from_a: torch.Tensor) -> tor
     if a.shape != b.shape:
         raise ValueError(f"mix_rows: shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     shape = [a.shape[0]] + [1] * (a.dim() - 3) + [a.shape[-2], 1]
-    return torch.where(rows_from_a.view(shape), a, b)
+    return torch.where(rows_from_a.to(a.device).view(shape), a, b)
+
+
+def mix_pairs(
+    labeled: torch.Tensor, unlabeled: torch.Tensor, rows_from_labeled: torch.Tensor
+) -> torch.Tensor:
+    """Both LaserMix scans of every pair: (2P, ..., H, W), pair p giving rows 2p and 2p + 1.
+
+    Scan 2p takes the rows where ``rows_from_labeled[p]`` from ``labeled[p]`` and the others from
+    ``unlabeled[p]``; scan 2p + 1 is the complement. ``labeled``, ``unlabeled``: (P, ..., H, W) of one shape
+    (inputs, masks, labels or pseudo-labels); ``rows_from_labeled``: (P, H) bool.
+    """
+    first = mix_rows(labeled, unlabeled, rows_from_labeled)
+    second = mix_rows(labeled, unlabeled, ~rows_from_labeled)
+    return torch.stack([first, second], 1).flatten(0, 1)
+
+
+def pair_indices(
+    n_labeled: int, n_unlabeled: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Indices of the labeled and unlabeled scan of each pair: max(B, B') pairs, scan i of each batch with scan
+    i of the other, cycling through the smaller batch (equal batches pair one to one, as the release does)."""
+    pairs = torch.arange(max(n_labeled, n_unlabeled), device=device)
+    return pairs % n_labeled, pairs % n_unlabeled

@@ -13,10 +13,11 @@ semantic-kitti-api for (Scribble)KITTI, where a class absent from ground truth a
 mean, nuscenes-devkit for nuScenes, where it is left out; ``metrics.json`` gives the other convention's figure
 beside it (``miou_other``), and :mod:`rangecps.eval.report` formats the console report.
 
-A CPS checkpoint is scored with one network, net a, by default (as TorchSemiSeg, the CPS reference, evaluates
-one branch; it costs what a supervised-only model costs). ``--net b`` scores the other one, ``--net ensemble``
-averages the two networks' softmax probabilities. Every report names the net, and the default results folder is
-``<run>/eval_<split>_<net>``.
+A checkpoint names its nets (``net_names``: ``a`` / ``a, b`` / ``student, teacher``). A CPS checkpoint is scored
+with net a by default (as TorchSemiSeg, the CPS reference, evaluates one branch; it costs what a supervised-only
+model costs), a Mean Teacher or LaserMix checkpoint with the teacher (as the LaserMix release predicts on the
+teacher). ``--net`` picks another (``b``, ``student``), ``--net ensemble`` averages the two networks' softmax
+probabilities. Every report names the net, and the default results folder is ``<run>/eval_<split>_<net>``.
 
 Pixel predictions are the argmax over classes 1..K-1: the ignore class is never predicted. Points without a pixel
 (a zero-range point; prep rejects non-finite ones) cannot be placed in the image: they take the class the scan's
@@ -49,6 +50,7 @@ from rangecps.eval.knn import knn_postprocess
 from rangecps.eval.metrics import ConfusionMatrix, official_convention
 from rangecps.eval.report import LEVELS, level_dict
 from rangecps.eval.submit import make_writer
+from rangecps.methods import METHODS
 from rangecps.models import build_model
 
 
@@ -97,16 +99,24 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
     return from_dict(values, "--set")
 
 
-def choose_net(requested: str | None, num_nets: int, path: Path) -> str:
-    """``a``, ``b`` or ``ensemble``; None picks ``a``, for a CPS (2-net) checkpoint as for a supervised one."""
+NET_CHOICES = ("a", "b", "student", "teacher", "ensemble")
+
+
+def net_names(state: dict[str, Any]) -> tuple[str, ...]:
+    """The names of a checkpoint's nets, in order (checkpoints from before Mean Teacher hold a / a, b)."""
+    return tuple(state.get("net_names") or "ab"[: len(state["nets"])])
+
+
+def choose_net(requested: str | None, names: tuple[str, ...], method: str, path: Path) -> str:
+    """The net to score: one of ``names`` or ``ensemble`` (2 nets). None: the method's default (``METHODS``)."""
     if requested is None:
-        return "a"
-    if requested not in ("a", "b", "ensemble"):
-        raise ValueError(f"--net must be a, b or ensemble, got {requested!r}")
-    if requested != "a" and num_nets < 2:
+        return METHODS[method].evaluate if method in METHODS else names[0]
+    if requested == "ensemble" and len(names) == 2:
+        return requested
+    if requested not in names:
+        choices = ", ".join(names) + (" or ensemble" if len(names) == 2 else "")
         raise ValueError(
-            f"{path}: holds {num_nets} network (a supervised-only run); --net {requested} needs the two "
-            "networks of a CPS run; use --net a"
+            f"{path}: holds the net(s) {', '.join(names)} of a {method} run; --net takes {choices}"
         )
     return requested
 
@@ -123,13 +133,13 @@ def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = (), devi
     if not 1 <= len(state["nets"]) <= 2:
         raise ValueError(f"{path}: holds {len(state['nets'])} networks; expected 1 or 2")
     nets = []
-    for k, weights in enumerate(state["nets"]):
+    for name, weights in zip(net_names(state), state["nets"], strict=True):
         net = build_model(cfg.model.name, derived["in_channels"], derived["num_classes"], cfg.model.width)
         try:
             net.load_state_dict(weights)
         except RuntimeError as e:
             raise ValueError(
-                f"{path}: network {'ab'[k]} does not fit model {cfg.model.name} width {cfg.model.width}: {e}"
+                f"{path}: network {name} does not fit model {cfg.model.name} width {cfg.model.width}: {e}"
             ) from e
         nets.append(net.to(device).eval())
     return LoadedRun(path=path, cfg=cfg, state=state, nets=nets)
@@ -239,7 +249,8 @@ def evaluate(
 
     Args:
         knn: run the kNN post-processing (None: the config's ``eval.knn``).
-        net: ``a``, ``b`` or ``ensemble`` (None: ``a``, also for CPS checkpoints).
+        net: a net of the checkpoint (``a``, ``b``, ``student``, ``teacher``) or ``ensemble``; None: net a for
+            sup_only and CPS runs, the teacher for Mean Teacher and LaserMix runs.
         out: results folder (default ``<run>/eval_<split>_<net>``); receives ``metrics.json`` and, when asked,
             predictions in the official layout (kNN labels with ``knn``) and ``submission.zip``.
         overrides: ``section.key=value`` changes to the checkpoint's config (e.g. ``data.root=...``).
@@ -252,8 +263,9 @@ def evaluate(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     run = load_run(checkpoint, overrides, device)
     cfg = run.cfg
-    net = choose_net(net, len(run.nets), run.path)
-    nets = {"a": run.nets[:1], "b": run.nets[1:], "ensemble": run.nets}[net]
+    names = net_names(run.state)
+    net = choose_net(net, names, cfg.train.method, run.path)
+    nets = run.nets if net == "ensemble" else [run.nets[names.index(net)]]
     knn = cfg.eval.knn if knn is None else knn
     write = write_predictions or submission
     data, dataset, has_labels = _open_split(run, split, write)
@@ -311,6 +323,7 @@ def evaluate(
         "split": split,
         "scans": len(dataset),
         "net": net,
+        "net_names": list(names),
         "nets_in_checkpoint": len(run.nets),
         "knn": {"enabled": knn, **knn_params},
         "image": {"height": data.geometry.height, "width": data.geometry.width},

@@ -19,7 +19,6 @@ LEVELS = {
     "range_pixel": "range-pixel mIoU (the number the published semi-supervised range-view tables report)",
 }
 
-NET_NAMES = {"a": "net a", "b": "net b", "ensemble": "ensemble of nets a and b"}
 
 
 def level_dict(
@@ -50,7 +49,8 @@ def format_report(result: dict[str, Any]) -> str:
     Each mIoU is named by its convention: the official one of the dataset first; the other one is shown
     beside it only where the two differ (some class absent from ground truth and predictions).
     """
-    net = NET_NAMES.get(result["net"], f"net {result['net']}")
+    names = result.get("net_names", ["a", "b"])
+    net = f"ensemble of nets {' and '.join(names)}" if result["net"] == "ensemble" else f"net {result['net']}"
     levels = result["levels"]
     if not levels:
         return f"{result['split']}: {result['scans']} scans predicted with {net} (no labels, no metrics)"
