@@ -263,9 +263,9 @@ def evaluate(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     run = load_run(checkpoint, overrides, device)
     cfg = run.cfg
-    names = net_names(run.state)
-    net = choose_net(net, names, cfg.train.method, run.path)
-    nets = run.nets if net == "ensemble" else [run.nets[names.index(net)]]
+    held = net_names(run.state)
+    net = choose_net(net, held, cfg.train.method, run.path)
+    nets = run.nets if net == "ensemble" else [run.nets[held.index(net)]]
     knn = cfg.eval.knn if knn is None else knn
     write = write_predictions or submission
     data, dataset, has_labels = _open_split(run, split, write)
@@ -323,7 +323,7 @@ def evaluate(
         "split": split,
         "scans": len(dataset),
         "net": net,
-        "net_names": list(names),
+        "net_names": list(held),
         "nets_in_checkpoint": len(run.nets),
         "knn": {"enabled": knn, **knn_params},
         "image": {"height": data.geometry.height, "width": data.geometry.width},
