@@ -1,18 +1,20 @@
-"""The semi-supervised study on the simulator: does CPS turn unlabeled scans into accuracy?
+"""The semi-supervised study on the simulator: do the semi-supervised methods turn unlabeled scans into accuracy?
 
-Trains ``sup_only``, ``cps`` and ``cps_lasermix`` at 1 % and 10 % labels, and ``sup_only`` at 100 % as the
-ceiling, each with 3 seeds, on the built-in synthetic SemanticKITTI-format dataset with the CPU-sized FIDNet of
-``configs/synthetic/``. Every run is evaluated on the validation sequence 08 at the point level with kNN
-post-processing (the headline), without kNN, and at the range-pixel level. A seed sets the network initialisation,
-the augmentation and the labeled split (``data.split_seed``), so the spread includes which scans got labels; runs
-of the same seed share their labeled scans, which makes the per-seed CPS - sup_only difference a paired one.
+Trains every method (``sup_only``, ``mean_teacher``, ``cps``, ``lasermix``, ``cps_lasermix``; ``--methods``
+picks some) at 1 % and 10 % labels, and ``sup_only`` at 100 % as the ceiling, each with 3 seeds, on the built-in
+synthetic SemanticKITTI-format dataset with the CPU-sized FIDNet of ``configs/synthetic/``. Every run is
+evaluated on the validation sequence 08 at the point level with kNN post-processing (the headline), without kNN,
+and at the range-pixel level. A seed sets the network initialisation, the augmentation and the labeled split
+(``data.split_seed``), so the spread includes which scans got labels; runs of the same seed share their labeled
+scans, which makes the per-seed method - sup_only difference a paired one.
 
-CPS runs are scored with net ``a`` alone (last checkpoint, no ensembling), so that they are compared with
-``sup_only`` network for network. Writes ``study.json`` (every run's figures) and ``RESULTS.md`` (rendered from
+Every run is scored with one network, the one ``rangecps-eval`` scores by default (last checkpoint, no
+ensembling): net ``a`` of CPS runs, the teacher of Mean Teacher and LaserMix runs, so that methods are compared
+network for network. Writes ``study.json`` (every run's figures) and ``RESULTS.md`` (rendered from
 it by ``study_report.py``) into ``--out``. Finished runs are skipped, so an interrupted study continues where it
 stopped.
 
-    python benchmarks/study.py                 # the full study: 21 runs, about 70 min on 2 CPU cores
+    python benchmarks/study.py                 # the full study: 33 runs
     python benchmarks/study.py --seeds 0 --max-steps 12 --out /tmp/study   # a quick smoke run
 """
 
@@ -36,19 +38,12 @@ from study_report import aggregate, write_report
 from rangecps.checkpoint import code_revision
 from rangecps.config import load_config
 from rangecps.data.build import build_data
+from rangecps.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path("configs/synthetic")
 # (method, labeled share); sup_only at 100 % is the ceiling.
-CELLS = [
-    ("sup_only", "1%"),
-    ("cps", "1%"),
-    ("cps_lasermix", "1%"),
-    ("sup_only", "10%"),
-    ("cps", "10%"),
-    ("cps_lasermix", "10%"),
-    ("sup_only", "100%"),
-]
+CELLS = [(m, share) for share in ("1%", "10%") for m in METHODS] + [("sup_only", "100%")]
 
 
 def run_name(method: str, labels: str, seed: int) -> str:
@@ -72,7 +67,7 @@ def commands(method: str, labels: str, seed: int, run_dir: Path, args: argparse.
     ]  # fmt: skip
     evaluate = [
         "rangecps-eval", str(run_dir / "last.pt"),
-        "--net", "a",
+        "--net", METHODS[method].evaluate,
         "--num-workers", str(args.num_workers),
         "--out", str(run_dir / "eval"),
         "--no-progress",
@@ -127,6 +122,7 @@ def run_one(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--jobs", type=int, default=2, help="runs at once; each gets cores / jobs threads")
     parser.add_argument("--num-workers", type=int, default=0, help="loader workers per run")
     parser.add_argument("--epochs", type=int, default=None, help="default: the synthetic configs' epochs")
@@ -149,7 +145,8 @@ def main() -> int:
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
     # The longest runs (two networks) first, so that the parallel jobs finish together.
     order = sorted(
-        ((m, lab, s) for m, lab in CELLS for s in args.seeds), key=lambda r: (r[0] == "sup_only", r[2])
+        ((m, lab, s) for m, lab in CELLS if m in args.methods for s in args.seeds),
+        key=lambda r: (r[0] == "sup_only", r[2]),
     )
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(lambda r: run_one(*r, args, env), order))

@@ -79,7 +79,7 @@ def checks(study: dict[str, Any]) -> dict[str, Any]:
         out["ceiling_gap"] = {"value": gap, "required": MIN_CEILING_GAP, "met": gap > MIN_CEILING_GAP}
     for labels in ("1%", "10%"):
         sup = find(cells, "sup_only", labels)
-        for method in ("cps", "cps_lasermix"):
+        for method in dict.fromkeys(c["method"] for c in cells if c["method"] != "sup_only"):
             cell = find(cells, method, labels)
             if not (sup and cell):
                 continue
