@@ -1,48 +1,101 @@
-"""Benchmark one CPS training step: two FIDNets, a labeled and an unlabeled batch, forward + backward + AdamW.
+"""Benchmark one training step of every method: FIDNets, a labeled and an unlabeled batch, forward + backward +
+AdamW, and the EMA teacher update of the teacher methods.
 
-Reports scans/s (labeled + unlabeled scans per second of step) and peak memory, against an in-run baseline: a
-``sup_only`` step of one net on the labeled batch. On a GPU the step runs as training runs it there (bf16 autocast
-where supported, channels_last); on a CPU in float32. The first ``--warmup`` steps are not timed.
+One step is what ``rangecps/train.py`` runs per batch: :func:`rangecps.cps.cps_step` under autocast, backward,
+an AdamW step on the trained nets only, then ``ema_update`` (momentum 0.01) of the teacher of ``mean_teacher`` and
+``lasermix``. LaserMix partitions come from ``LaserMix.even_rows(height, (4, 5, 6, 7, 8))`` and a seeded generator;
+the loss is the ``configs/synthetic`` one (CE, Lovasz, boundary; no class weights).
 
-    python benchmarks/bench_train.py [--model-width 1.0] [--height 64] [--width-px 2048] [--batch 1] [--repeats 3]
+Reports per method the median seconds per step, scans/s (labeled + unlabeled scans per second of step; the mixed
+scans LaserMix makes from them are not counted), peak memory, the part of that peak above the process's memory
+just before the first step (which already holds the nets and the batches), and the step time against an in-run
+baseline: a ``sup_only`` step of one net on the labeled batch (always run). Every method runs in a fresh child
+process (the script re-invoked with ``--only``), so that its peak memory is its own: on a CPU peak memory is the
+process's max RSS, which never goes down; on a GPU the peak allocated GPU memory. On a GPU the step runs as
+training runs it there (bf16 autocast where supported, channels_last); on a CPU in float32. The first ``--warmup``
+steps are not timed.
+
+    python benchmarks/bench_train.py [--model-width 1.0] [--height 64] [--width-px 2048] [--batch 1]
+        [--warmup 1] [--repeats 3] [--methods sup_only cps ...] [--json benchmarks/results/train.json]
+
+The ``configs/synthetic`` sizes: ``--model-width 0.125 --height 64 --width-px 512 --batch 1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from common import write_result
 
-from rangecps.config import LossConfig
+from rangecps.config import LossConfig, SemiConfig
 from rangecps.cps import cps_step
 from rangecps.data.dataset import CHANNELS
+from rangecps.data.lasermix import LaserMix
 from rangecps.device import amp_dtype, select_device
+from rangecps.methods import METHODS
 from rangecps.models import build_model
+from rangecps.teacher import ema_update, make_teacher
+
+MIX_BANDS = (4, 5, 6, 7, 8)
+EMA_MOMENTUM = 0.01
+NUM_CLASSES = 20
+RESULT_TAG = "BENCH_TRAIN_RESULT "  # the child's result line on stdout
+
+
+def rss_mib() -> float | None:
+    """The process's resident memory now (Linux), or None where /proc is not there."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def max_rss_mib() -> float:
+    """The process's peak resident memory so far (ru_maxrss: KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return max_rss_mib()
 
 
-def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
-    """Median seconds per step, scans/s and peak memory of ``args.repeats`` steps of ``method``."""
-    n_nets = 1 if method == "sup_only" else 2
+def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Median seconds per step, scans/s and peak memory of ``args.repeats`` steps of ``method`` in this process.
+
+    Reads ``model_width``, ``height``, ``width_px``, ``batch``, ``warmup`` and ``repeats`` from ``args``. On a CPU
+    the peak is the process's max RSS, so it covers whatever ran in this process before: call it once per fresh
+    process (``main`` does) for a figure of the method's own.
+    """
+    spec = METHODS[method]
     amp = amp_dtype("auto", device)
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    nets = [
-        build_model("fidnet", len(CHANNELS), 20, args.model_width, seed=k).to(device, memory_format=layout)
-        for k in range(n_nets)
+    trained = [
+        build_model("fidnet", len(CHANNELS), NUM_CLASSES, args.model_width, seed=k).to(
+            device, memory_format=layout
+        )
+        for k in range(spec.trained)
     ]
-    opts = [torch.optim.AdamW(n.parameters(), lr=0.01, weight_decay=0.01) for n in nets]
+    nets = trained + [make_teacher(trained[0]) for _ in range(len(spec.nets) - spec.trained)]
+    for net in nets:
+        net.train()
+    opts = [torch.optim.AdamW(n.parameters(), lr=0.01, weight_decay=0.01, eps=1e-6) for n in trained]
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    cfg = LossConfig(boundary=1.0, class_weights=False)
+    semi = SemiConfig(ema_momentum=EMA_MOMENTUM, mix_bands=list(MIX_BANDS))
+    mixer = LaserMix.even_rows(args.height, MIX_BANDS) if spec.mixes else None
     g = torch.Generator().manual_seed(0)
     shape = (args.batch, len(CHANNELS), args.height, args.width_px)
 
@@ -52,37 +105,81 @@ def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> d
             "mask": (torch.rand(shape[0], *shape[2:], generator=g) > 0.15).to(device),
         }
         if labels:
-            out["label"] = torch.randint(0, 20, (shape[0], *shape[2:]), generator=g).to(device)
+            out["label"] = torch.randint(0, NUM_CLASSES, (shape[0], *shape[2:]), generator=g).to(device)
         return out
 
-    labeled, unlabeled = batch(True), (batch(False) if n_nets == 2 else None)
+    labeled, unlabeled = batch(True), (batch(False) if spec.unlabeled else None)
+    step_generator = torch.Generator().manual_seed(0)
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device) / 2**20
+    else:
+        before = rss_mib()
     times = []
     for i in range(args.warmup + args.repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            losses = cps_step(nets, labeled, unlabeled, method, LossConfig(boundary=1.0))
+            losses = cps_step(
+                nets, labeled, unlabeled, method, cfg, None, step_generator, semi=semi, mixer=mixer, step=i
+            )
         for o in opts:
             o.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()
         for o in opts:
             scaler.step(o)
         scaler.update()
+        for teacher in nets[spec.trained :]:
+            ema_update(teacher, nets[0], EMA_MOMENTUM)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     step = statistics.median(times)
     scans = args.batch * (2 if unlabeled is not None else 1)
+    peak = peak_memory_mib(device)
     return {
         "step_s": step,
         "scans_per_s": scans / step,
-        "peak_memory_mib": peak_memory_mib(device),
+        "scans_per_step": scans,
+        "nets": len(nets),
+        "trained_nets": spec.trained,
+        "peak_memory_mib": peak,
+        "before_first_step_mib": before,
+        "step_excess_mib": peak - before if before is not None else None,
+        "peak_rss_mib": max_rss_mib(),
+        "loss": float(losses["loss"].detach()),
         "runs_s": times,
     }
+
+
+def time_in_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`time_steps` of ``method`` in a fresh interpreter running this script with ``--only``."""
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--only",
+        method,
+        "--model-width",
+        str(args.model_width),
+        "--height",
+        str(args.height),
+        "--width-px",
+        str(args.width_px),
+        "--batch",
+        str(args.batch),
+        "--warmup",
+        str(args.warmup),
+        "--repeats",
+        str(args.repeats),
+    ]
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
+    for line in reversed(out.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    raise RuntimeError(f"no result from {' '.join(cmd)}; its output:\n{out}")
 
 
 def main() -> int:
@@ -95,27 +192,60 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1, help="labeled scans = unlabeled scans per step")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=list(METHODS),
+        help="methods to time (sup_only, the baseline, always runs)",
+    )
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "train.json")
+    parser.add_argument(
+        "--only", choices=list(METHODS), help=argparse.SUPPRESS
+    )  # child: one method, JSON out
     args = parser.parse_args()
     device = select_device()
-    results = {m: time_steps(m, args, device) for m in ("sup_only", "cps")}
+    if args.only is not None:
+        print(RESULT_TAG + json.dumps(time_steps(args.only, args, device)), flush=True)
+        return 0
+    methods = ["sup_only"] + [m for m in dict.fromkeys(args.methods) if m != "sup_only"]
+    results = {}
+    for m in methods:
+        results[m] = time_in_child(m, args)
     base = results["sup_only"]["step_s"]
+    for r in results.values():
+        r["vs_sup_only"] = r["step_s"] / base
     print(
         f"one training step, FIDNet width {args.model_width}, {args.height}x{args.width_px}, batch "
-        f"{args.batch} labeled (+{args.batch} unlabeled for CPS), {device}, median of {args.repeats}"
+        f"{args.batch} labeled (+{args.batch} unlabeled for the semi-supervised methods), {device}, "
+        f"median of {args.repeats}, one process per method"
     )
-    print(f"{'method':10s} {'step s':>9s} {'scans/s':>9s} {'peak MiB':>9s} {'vs sup_only':>12s}")
+    memory = "GPU MiB" if device.type == "cuda" else "RSS MiB"
+    print(
+        f"{'method':13s} {'nets':>6s} {'step s':>8s} {'scans/s':>8s} {'peak ' + memory:>13s} "
+        f"{'step +MiB':>10s} {'vs sup_only':>12s}"
+    )
     for name, r in results.items():
+        excess = f"{r['step_excess_mib']:10.0f}" if r["step_excess_mib"] is not None else f"{'-':>10s}"
         print(
-            f"{name:10s} {r['step_s']:9.3f} {r['scans_per_s']:9.3f} {r['peak_memory_mib']:9.0f} "
-            f"{r['step_s'] / base:11.2f}x"
+            f"{name:13s} {r['trained_nets']:>4d}+{r['nets'] - r['trained_nets']:d} {r['step_s']:8.3f} "
+            f"{r['scans_per_s']:8.2f} {r['peak_memory_mib']:13.0f} {excess} {r['vs_sup_only']:11.2f}x"
         )
+    print(
+        "nets: trained + EMA teachers; step +MiB: peak above the memory just before the first step "
+        "(nets and batches already there); vs sup_only: step time ratio"
+    )
     write_result(
         args.json,
         {
             "benchmark": "train_step",
-            "args": vars(args) | {"json": str(args.json)},
+            "args": {k: v for k, v in vars(args).items() if k != "only"} | {"json": str(args.json)},
             "device": str(device),
+            "methods": methods,
+            "baseline": "sup_only",
+            "memory": "peak allocated GPU memory"
+            if device.type == "cuda"
+            else "max RSS of the method's process",
             "results": results,
         },
     )
