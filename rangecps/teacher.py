@@ -31,7 +31,7 @@ from torch import nn
 from rangecps.config import LossConfig, SemiConfig
 from rangecps.data.lasermix import LaserMix, mix_pairs, pair_indices
 from rangecps.losses import softmax_mse
-from rangecps.supervision import pseudo_labels, supervised_loss
+from rangecps.supervision import per_scan, pseudo_labels, supervised_loss
 
 
 def rampup(step: int, length: int) -> float:
@@ -65,9 +65,12 @@ def _consistency(
     valids: list[torch.Tensor],
     cfg: LossConfig,
 ) -> torch.Tensor:
-    # The release takes the mean over every pixel of the image; the "rangecps" recipe over projected pixels only.
-    valid = torch.cat(valids) if cfg.recipe == "rangecps" else None
-    return softmax_mse(torch.cat(student_logits), torch.cat(teacher_logits), valid)
+    # The release takes the mean over every pixel of the batch; the "rangecps" recipe a mean over scans of each
+    # scan's mean over its projected pixels, like its other terms (so a batch split over DDP trains the same).
+    s, t = torch.cat(student_logits), torch.cat(teacher_logits)
+    if cfg.recipe == "rangecps":
+        return per_scan(softmax_mse, logits_s=s, logits_t=t, valid=torch.cat(valids))
+    return softmax_mse(s, t)
 
 
 def mean_teacher_step(

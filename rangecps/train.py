@@ -121,7 +121,9 @@ def train(
     nets += [make_teacher(nets[0]) for _ in range(n_nets - spec.trained)]  # starts as the student, frozen
     trained = nets[: spec.trained]
     mixer = (
-        LaserMix.for_geometry(data.geometry, tuple(cfg.semi.mix_bands), cfg.semi.mix_pitch)
+        LaserMix.for_geometry(
+            data.geometry, tuple(cfg.semi.mix_bands), cfg.semi.mix_pitch, (info.rank, info.world)
+        )
         if spec.mixes
         else None
     )

@@ -99,13 +99,17 @@ def test_bad_config_is_refused_before_work(tmp_path: Path, capsys: pytest.Captur
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-def test_ddp_two_processes_equal_one_process(synthetic_kitti: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["cps", "lasermix"])
+def test_ddp_two_processes_equal_one_process(synthetic_kitti: Path, tmp_path: Path, method: str) -> None:
+    """Two processes with one scan each train as one process with both: nets, and for LaserMix the EMA teacher
+    (its batch norm synchronised) and the partitions (drawn for the global batch)."""
     root = tmp_path / "data"
     shutil.copytree(synthetic_kitti, root)  # its own prep folder: both runs read the same index
     common = [
         f"data.root={root}",
         *TINY,
-        "train.method=cps",
+        f"train.method={method}",
+        "semi.pseudo_threshold=0.0",
         "train.epochs=1",
         "train.max_steps=2",
         "data.augment.rotate=false",

@@ -53,15 +53,23 @@ class LaserMix:
         row_pitch: (H,) inclination of every row (deg), from :func:`row_inclinations`.
         pitch_range: (low, high) inclination the N bands split evenly (deg): the release's ``pitch_angles``.
         bands: the numbers of bands to draw from, uniformly (the release's ``num_areas``).
+        shard: (rank, world): under DDP every process draws the partitions of the whole global batch from the same
+            generator state and keeps every ``world``-th from ``rank`` on, as the loader shards the scans, so the
+            draws do not depend on how the batch is split.
     """
 
     row_pitch: tuple[float, ...]
     pitch_range: tuple[float, float]
     bands: tuple[int, ...]
+    shard: tuple[int, int] = (0, 1)
 
     @classmethod
     def for_geometry(
-        cls, geometry: Geometry, bands: tuple[int, ...], pitch_range: tuple[float, float] | None = None
+        cls,
+        geometry: Geometry,
+        bands: tuple[int, ...],
+        pitch_range: tuple[float, float] | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> LaserMix:
         """Bands over ``pitch_range`` or, if None, over the sensor's own vertical field of view."""
         low, high = pitch_range if pitch_range is not None else (geometry.fov_down, geometry.fov_up)
@@ -96,7 +104,8 @@ class LaserMix:
         ``rows_from_labeled`` is True in the even bands; the pair's first mixed scan takes those rows from the
         labeled scan, its second mixed scan the complement (:func:`mix_pairs`).
         """
-        choice = torch.randint(len(self.bands), (pairs,), generator=generator)
+        rank, world = self.shard
+        choice = torch.randint(len(self.bands), (pairs * world,), generator=generator)[rank::world]
         counts = torch.tensor(self.bands)[choice]
         rows = torch.stack([self.row_bands(int(n)) % 2 == 0 for n in counts])
         return rows, counts

@@ -20,7 +20,6 @@ LEVELS = {
 }
 
 
-
 def level_dict(
     cm: ConfusionMatrix, names: list[str], description: str, convention: MiouConvention
 ) -> dict[str, Any]:
