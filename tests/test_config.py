@@ -96,6 +96,23 @@ def test_real_dataset_configs_use_the_released_recipe(dataset: str) -> None:
             assert cfg.loss.aux == 1.0, path
             e = cfg.eval
             assert (e.knn_k, e.knn_search, e.knn_sigma, e.knn_cutoff) == (7, 7, 1.0, 2.0), path
+        # The LaserMix release's semi_train_cfg, loss_mse and MeanTeacherHook (configs/lasermix/*_10.py).
+        semi = cfg.semi
+        assert semi.ema_momentum == 0.01 and semi.mix == 1.0 and semi.consistency_rampup == 0, path
+        if dataset == "nuscenes":
+            assert (semi.consistency, semi.pseudo_threshold, semi.mix_bands) == (500.0, 0.95, [3, 4, 5, 6]), (
+                path
+            )
+            assert semi.mix_pitch == (-30.0, 10.0), path
+        else:
+            assert (semi.consistency, semi.pseudo_threshold, semi.mix_bands) == (
+                250.0,
+                0.9,
+                [4, 5, 6, 7, 8],
+            ), path
+            assert semi.mix_pitch == (-25.0, 3.0), path
+    methods = {load_config(p).train.method for p in folder.glob("*_fidnet.yaml")}
+    assert methods == {"sup_only", "mean_teacher", "cps", "lasermix", "cps_lasermix"}
 
 
 def test_mapping_values_are_type_checked() -> None:
