@@ -48,11 +48,16 @@ def _series(records: list[dict[str, float]], key: str) -> tuple[list[int], list[
     return [p[0] for p in pairs], [float(p[1]) for p in pairs]
 
 
+# Logged training values that are not losses: the schedule, the epoch, and LaserMix's bookkeeping.
+NOT_LOSSES = ("train/lr", "train/epoch", "train/ramp", "train/pseudo_share", "train/bands")
+
+
 def plot_curves(records: list[dict[str, float]], out: str | Path, title: str = "") -> Path:
     """One PNG of training losses, learning rate and validation scores against the step.
 
-    Panels: every ``train/*`` key but ``lr`` and ``epoch`` (losses; log scale when all positive), ``train/lr``,
-    and every ``val/*`` key; a panel without data is left out. Returns ``out``.
+    Panels: every ``train/*`` loss (log scale when all positive), ``train/lr``, the consistency ramp and the share
+    of unlabeled pixels given a pseudo-label (Mean Teacher, LaserMix), and every ``val/*`` key; a panel without
+    data is left out. Returns ``out``.
     """
     import matplotlib
 
@@ -61,10 +66,9 @@ def plot_curves(records: list[dict[str, float]], out: str | Path, title: str = "
 
     keys = sorted({k for r in records for k in r if k != "step"})
     groups = {
-        "training losses": [
-            k for k in keys if k.startswith("train/") and k not in ("train/lr", "train/epoch")
-        ],
+        "training losses": [k for k in keys if k.startswith("train/") and k not in NOT_LOSSES],
         "learning rate": [k for k in keys if k == "train/lr"],
+        "semi-supervised schedule": [k for k in keys if k in ("train/ramp", "train/pseudo_share")],
         "validation (range-pixel mIoU)": [k for k in keys if k.startswith("val/")],
     }
     groups = {name: ks for name, ks in groups.items() if ks}
