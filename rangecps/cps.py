@@ -27,7 +27,7 @@ from rangecps.data.lasermix import LaserMix, mix_pairs, pair_indices
 from rangecps.losses import cps_loss
 from rangecps.methods import METHODS, Method
 from rangecps.supervision import TERMS, per_scan, pseudo_labels, supervised_loss
-from rangecps.teacher import lasermix_step, mean_teacher_step
+from rangecps.teacher import mean_teacher_step
 
 
 def _sup_only(net: nn.Module, labeled: dict[str, torch.Tensor], cfg: LossConfig, weight: torch.Tensor | None):
@@ -127,15 +127,14 @@ def cps_step(
         raise ValueError(f"{method} needs an unlabeled batch")
     semi = semi or SemiConfig()
     generator = generator or torch.Generator()
-    if spec.mixes and mixer is None:
+    if not spec.mixes:
+        mixer = None
+    elif mixer is None:
         mixer = LaserMix.even_rows(labeled["input"].shape[-2], tuple(semi.mix_bands))
-    if method in ("cps", "cps_lasermix"):
-        return _cps(
-            nets, labeled, unlabeled, cfg, semi, class_weight, mixer if spec.mixes else None, generator
-        )
-    if method == "mean_teacher":
-        return mean_teacher_step(nets[0], nets[1], labeled, unlabeled, cfg, semi, class_weight, step)
-    return lasermix_step(
+    if spec.trained == 2:  # cps, cps_lasermix
+        return _cps(nets, labeled, unlabeled, cfg, semi, class_weight, mixer, generator)
+    # mean_teacher, and lasermix: mean_teacher with the mixed scans
+    return mean_teacher_step(
         nets[0], nets[1], labeled, unlabeled, cfg, semi, class_weight, step, mixer, generator
     )
 

@@ -16,7 +16,7 @@ The formulation is the LaserMix release's semi-supervised segmentor (ldkong1205/
   ``SemiConfig.pseudo_threshold``, else ignored); each pair gives two mixed scans (:mod:`rangecps.data.lasermix`)
   that the student learns with the supervised loss, weighted by ``SemiConfig.mix``.
 
-The step functions are pure (nets and batches in, named losses out); the loop calls :func:`ema_update` after each
+The step function is pure (nets and batches in, named losses out); the loop calls :func:`ema_update` after each
 optimiser step.
 """
 
@@ -85,7 +85,8 @@ def mean_teacher_step(
     mixer: LaserMix | None = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Mean Teacher losses; with ``mixer``, LaserMix's as well.
+    """Mean Teacher losses; with ``mixer``, LaserMix's as released (Mean Teacher plus the student's supervised
+    loss on the two mixed scans of every pair).
 
     Args:
         student, teacher: called as ``net(x, aux=True)`` (student) and ``net(x)`` (teacher, under no_grad).
@@ -128,22 +129,3 @@ def mean_teacher_step(
         out["bands"] = counts.float().mean()
     out["loss"] = loss
     return out
-
-
-def lasermix_step(
-    student: nn.Module,
-    teacher: nn.Module,
-    labeled: dict[str, torch.Tensor],
-    unlabeled: dict[str, torch.Tensor],
-    cfg: LossConfig,
-    semi: SemiConfig,
-    class_weight: torch.Tensor | None,
-    step: int,
-    mixer: LaserMix,
-    generator: torch.Generator,
-) -> dict[str, torch.Tensor]:
-    """LaserMix as released: Mean Teacher plus the student's supervised loss on the mixed scans (see
-    :func:`mean_teacher_step`)."""
-    return mean_teacher_step(
-        student, teacher, labeled, unlabeled, cfg, semi, class_weight, step, mixer, generator
-    )

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_runs import tiny
 from torch import nn
 
 from rangecps.checkpoint import load_checkpoint
-from rangecps.config import Config, LossConfig, SemiConfig, load_config
+from rangecps.config import LossConfig, SemiConfig
 from rangecps.cps import cps_step
 from rangecps.data.index import Geometry
 from rangecps.data.lasermix import LaserMix, mix_pairs, mix_rows, pair_indices, row_inclinations
@@ -27,17 +28,6 @@ from rangecps.supervision import pseudo_labels, supervised_loss
 from rangecps.teacher import ema_update, make_teacher, rampup
 from rangecps.train import train
 
-TINY = [
-    "data.width=128",
-    "model.width=0.125",
-    "data.num_workers=0",
-    "data.batch_size=1",
-    "data.unlabeled_batch_size=1",
-    "train.log_every=1",
-    "train.val_every=1000",
-    "data.labels=50%",
-]
-
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
@@ -47,10 +37,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def tiny(root: Path, *extra: str) -> Config:
-    return load_config(None, [f"data.root={root}", *TINY, *extra])
 
 
 # ------------------------------------------------------------------------------- independent references

@@ -8,26 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import TINY, tiny
 
 from rangecps.checkpoint import load_checkpoint
 from rangecps.cli import train_main
 from rangecps.config import load_config
 from rangecps.train import train
-
-TINY = [
-    "data.width=128",
-    "model.width=0.125",
-    "data.num_workers=0",
-    "data.batch_size=1",
-    "data.unlabeled_batch_size=1",
-    "train.log_every=1",
-    "train.val_every=1000",
-    "data.labels=50%",
-]
-
-
-def tiny(root: Path, *extra: str):
-    return load_config(None, [f"data.root={root}", *TINY, *extra])
 
 
 def params(path: Path) -> list[dict[str, torch.Tensor]]:
