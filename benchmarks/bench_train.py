@@ -116,6 +116,7 @@ def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> d
         before = torch.cuda.memory_allocated(device) / 2**20
     else:
         before = rss_mib()
+    load_before = os.getloadavg()[0]
     times = []
     for i in range(args.warmup + args.repeats):
         if device.type == "cuda":
@@ -151,6 +152,8 @@ def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> d
         "step_excess_mib": peak - before if before is not None else None,
         "peak_rss_mib": max_rss_mib(),
         "loss": float(losses["loss"].detach()),
+        "threads": torch.get_num_threads(),
+        "load_average_1min": [load_before, os.getloadavg()[0]],  # before and after the steps: others' load
         "runs_s": times,
     }
 
