@@ -143,6 +143,7 @@ def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> d
     peak = peak_memory_mib(device)
     return {
         "step_s": step,
+        "best_s": min(times),
         "scans_per_s": scans / step,
         "scans_per_step": scans,
         "nets": len(nets),
@@ -225,19 +226,25 @@ def main() -> int:
     )
     memory = "GPU MiB" if device.type == "cuda" else "RSS MiB"
     print(
-        f"{'method':13s} {'nets':>6s} {'step s':>8s} {'scans/s':>8s} {'peak ' + memory:>13s} "
+        f"{'method':13s} {'nets':>6s} {'step s':>8s} {'best s':>8s} {'scans/s':>8s} {'peak ' + memory:>13s} "
         f"{'step +MiB':>10s} {'vs sup_only':>12s}"
     )
     for name, r in results.items():
         excess = f"{r['step_excess_mib']:10.0f}" if r["step_excess_mib"] is not None else f"{'-':>10s}"
         print(
             f"{name:13s} {r['trained_nets']:>4d}+{r['nets'] - r['trained_nets']:d} {r['step_s']:8.3f} "
-            f"{r['scans_per_s']:8.2f} {r['peak_memory_mib']:13.0f} {excess} {r['vs_sup_only']:11.2f}x"
+            f"{r['best_s']:8.3f} {r['scans_per_s']:8.2f} {r['peak_memory_mib']:13.0f} {excess} "
+            f"{r['vs_sup_only']:11.2f}x"
         )
     print(
         "nets: trained + EMA teachers; step +MiB: peak above the memory just before the first step "
-        "(nets and batches already there); vs sup_only: step time ratio"
+        "(nets and batches already there); vs sup_only: step time ratio (medians)"
     )
+    load = max(max(r["load_average_1min"]) for r in results.values())
+    if device.type == "cpu" and load > (os.cpu_count() or 1) + 1:
+        print(
+            f"note: 1-minute load average reached {load:.1f} on {os.cpu_count()} CPUs: other processes were busy"
+        )
     write_result(
         args.json,
         {
