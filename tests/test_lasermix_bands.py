@@ -209,3 +209,16 @@ def test_row_mix_equals_projecting_points_mixed_by_pitch(n: int) -> None:
         mix_rows(torch.from_numpy(proj_a.range)[None], torch.from_numpy(proj_b.range)[None], rows),
         range_mix[:1],
     )
+
+
+def test_sharded_draws_are_the_global_batch_split_as_the_loader_splits_it() -> None:
+    """Under DDP, rank r of w keeps every w-th partition of the global batch's draw, so 2 processes with one pair
+    each mix as one process with both pairs."""
+    geometry = kitti_small()
+    whole = LaserMix.for_geometry(geometry, (2, 3, 4, 5, 6, 7, 8))
+    rows, counts = whole.draw(8, torch.Generator().manual_seed(3))
+    assert len(set(counts.tolist())) > 1  # the draws differ, so the split is visible
+    for rank in range(2):
+        shard = LaserMix.for_geometry(geometry, (2, 3, 4, 5, 6, 7, 8), shard=(rank, 2))
+        rows_r, counts_r = shard.draw(4, torch.Generator().manual_seed(3))
+        assert torch.equal(counts_r, counts[rank::2]) and torch.equal(rows_r, rows[rank::2])

@@ -77,9 +77,8 @@ class LaserMix:
             raise ValueError(f"LaserMix pitch range must rise, got [{low}, {high}]")
         if not bands or min(bands) < 2:
             raise ValueError(f"LaserMix needs at least 2 bands per partition, got {list(bands)}")
-        return cls(
-            tuple(float(p) for p in row_inclinations(geometry)), (float(low), float(high)), tuple(bands)
-        )
+        pitch = tuple(float(p) for p in row_inclinations(geometry))
+        return cls(pitch, (float(low), float(high)), tuple(bands), shard)
 
     @classmethod
     def even_rows(cls, height: int, bands: tuple[int, ...]) -> LaserMix:
