@@ -25,12 +25,14 @@ from torch import nn
 from rangecps.config import LossConfig, SemiConfig
 from rangecps.data.lasermix import LaserMix, mix_pairs, pair_indices
 from rangecps.losses import cps_loss
-from rangecps.methods import METHODS, Method
+from rangecps.methods import METHODS
 from rangecps.supervision import TERMS, per_scan, pseudo_labels, supervised_loss
 from rangecps.teacher import mean_teacher_step
 
 
-def _sup_only(net: nn.Module, labeled: dict[str, torch.Tensor], cfg: LossConfig, weight: torch.Tensor | None):
+def _sup_only(
+    net: nn.Module, labeled: dict[str, torch.Tensor], cfg: LossConfig, weight: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
     terms = supervised_loss(net(labeled["input"], aux=True), labeled["label"], labeled["mask"], cfg, weight)
     return {"loss": terms["sup"], **{k: v.detach() for k, v in terms.items()}, "sup_a": terms["sup"].detach()}
 
@@ -53,8 +55,7 @@ def _cps(
     x, valid = torch.cat([x_l, x_u]), torch.cat([v_l, v_u])
     if mixer is not None:
         il, iu = pair_indices(b_l, b_u, x_l.device)
-        rows, counts = mixer.draw(len(il), generator)
-        rows = rows.to(x_l.device)
+        rows, counts = mixer.draw(len(il), generator, x_l.device)
         x = torch.cat([x, mix_pairs(x_l[il], x_u[iu], rows)])
         v_mix = mix_pairs(v_l[il], v_u[iu], rows)
     outputs = [net(x, aux=True) for net in nets]
@@ -139,4 +140,4 @@ def cps_step(
     )
 
 
-__all__ = ["METHODS", "Method", "cps_step", "per_scan", "supervised_loss"]
+__all__ = ["METHODS", "cps_step", "per_scan", "supervised_loss"]

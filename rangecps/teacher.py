@@ -113,8 +113,7 @@ def mean_teacher_step(
     loss = terms["sup"] + semi.consistency * ramp * consistency
     if mixer is not None:
         il, iu = pair_indices(x_l.shape[0], x_u.shape[0], x_l.device)
-        rows, counts = mixer.draw(len(il), generator or torch.Generator())
-        rows = rows.to(x_l.device)
+        rows, counts = mixer.draw(len(il), generator or torch.Generator(), x_l.device)
         pseudo = pseudo_labels(teacher_u, v_u, semi.pseudo_threshold)
         mixed = supervised_loss(
             student(mix_pairs(x_l[il], x_u[iu], rows), aux=True),

@@ -1,8 +1,11 @@
-"""Shared fixtures: small synthetic datasets, made once per test session by the built-in simulator."""
+"""Shared fixtures: small synthetic datasets, made once per test session by the built-in simulator, and a
+one-thread setting for tests of tiny tensors."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -25,3 +28,13 @@ def synthetic_nuscenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_dataset(
         "nuscenes", tmp_path_factory.mktemp("nusc") / "root", 3, 2, seed=0, progress=False
     )
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run a test on one intra-op thread: for tiny tensors, on a loaded machine, two spinning threads per op
+    made small nets tens of times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,8 +4,6 @@ for pixel."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -16,15 +14,8 @@ from rangecps.data.lasermix import LaserMix, mix_pairs, mix_rows, pair_indices, 
 from rangecps.projection import Projection, project_rings, project_spherical
 from rangecps.sim.sensors import get_sensor
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run each test on one intra-op thread: the tensors here are tiny, and on a loaded machine two spinning
-    threads per op made the small nets tens of times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def kitti_small(height: int = 32) -> Geometry:

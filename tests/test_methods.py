@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,8 @@ from rangecps.supervision import pseudo_labels, supervised_loss
 from rangecps.teacher import ema_update, make_teacher, rampup
 from rangecps.train import train
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Run each test on one intra-op thread: the tensors here are tiny, and on a loaded machine two spinning
-    threads per op made the small nets tens of times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------- independent references

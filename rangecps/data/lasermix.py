@@ -97,17 +97,20 @@ class LaserMix:
         band = torch.floor((high - pitch) / (high - low) * num_bands)
         return band.clamp(0, num_bands - 1).long()
 
-    def draw(self, pairs: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(
+        self, pairs: int, generator: torch.Generator, device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One partition per pair: ``(rows_from_labeled (pairs, H) bool, num_bands (pairs,) int64)``.
 
         ``rows_from_labeled`` is True in the even bands; the pair's first mixed scan takes those rows from the
-        labeled scan, its second mixed scan the complement (:func:`mix_pairs`).
+        labeled scan, its second mixed scan the complement (:func:`mix_pairs`). ``rows_from_labeled`` is on
+        ``device``; the draw itself is on the CPU generator, so it does not depend on the device.
         """
         rank, world = self.shard
         choice = torch.randint(len(self.bands), (pairs * world,), generator=generator)[rank::world]
         counts = torch.tensor(self.bands)[choice]
         rows = torch.stack([self.row_bands(int(n)) % 2 == 0 for n in counts])
-        return rows, counts
+        return rows.to(device), counts
 
 
 def mix_rows(a: torch.Tensor, b: torch.Tensor, rows_from_a: torch.Tensor) -> torch.Tensor:
@@ -123,7 +126,7 @@ def mix_rows(a: torch.Tensor, b: torch.Tensor, rows_from_a: torch.Tensor) -> tor
     if a.shape != b.shape:
         raise ValueError(f"mix_rows: shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     shape = [a.shape[0]] + [1] * (a.dim() - 3) + [a.shape[-2], 1]
-    return torch.where(rows_from_a.to(a.device).view(shape), a, b)
+    return torch.where(rows_from_a.view(shape), a, b)
 
 
 def mix_pairs(

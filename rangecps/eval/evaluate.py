@@ -99,9 +99,6 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Conf
     return from_dict(values, "--set")
 
 
-NET_CHOICES = ("a", "b", "student", "teacher", "ensemble")
-
-
 def net_names(state: dict[str, Any]) -> tuple[str, ...]:
     """The names of a checkpoint's nets, in order (checkpoints from before Mean Teacher hold a / a, b)."""
     return tuple(state.get("net_names") or "ab"[: len(state["nets"])])
