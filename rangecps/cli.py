@@ -172,7 +172,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--net",
-        choices=(*dict.fromkeys(name for m in METHODS.values() for name in m.nets), "ensemble"),
+        choices=(*sorted({name for m in METHODS.values() for name in m.nets}), "ensemble"),
         default=None,
         help="which network to score: a or b of a sup_only / CPS run (default a, as the CPS reference "
         "evaluates one branch), student or teacher of a Mean Teacher / LaserMix run (default teacher, as the "
