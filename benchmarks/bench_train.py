@@ -11,12 +11,15 @@ scans LaserMix makes from them are not counted), peak memory, the part of that p
 just before the first step (which already holds the nets and the batches), and the step time against an in-run
 baseline: a ``sup_only`` step of one net on the labeled batch (always run). Every method runs in a fresh child
 process (the script re-invoked with ``--only``), so that its peak memory is its own: on a CPU peak memory is the
-process's max RSS, which never goes down; on a GPU the peak allocated GPU memory. On a GPU the step runs as
-training runs it there (bf16 autocast where supported, channels_last); on a CPU in float32. The first ``--warmup``
-steps are not timed.
+process's max RSS, which never goes down; on a GPU the peak allocated GPU memory. The step runs with the precision
+training chooses (``rangecps.device.precision`` for ``--amp``, default ``auto``: bf16 autocast on GPUs and on CPUs
+with native bf16, channels_last). Unless that already is float32 in the channels-first layout, ``sup_only`` and
+``cps`` are also timed that way, as the trainer ran on CPUs before, and the speed-up is printed. The first
+``--warmup`` steps are not timed.
 
     python benchmarks/bench_train.py [--model-width 1.0] [--height 64] [--width-px 2048] [--batch 1]
-        [--warmup 1] [--repeats 3] [--methods sup_only cps ...] [--json benchmarks/results/train.json]
+        [--warmup 1] [--repeats 3] [--methods sup_only cps ...] [--amp auto|bf16|off] [--no-channels-last]
+        [--json benchmarks/results/train.json]
 
 The ``configs/synthetic`` sizes: ``--model-width 0.125 --height 64 --width-px 512 --batch 1``.
 """
@@ -41,7 +44,7 @@ from rangecps.config import LossConfig, SemiConfig
 from rangecps.cps import cps_step
 from rangecps.data.dataset import CHANNELS
 from rangecps.data.lasermix import LaserMix
-from rangecps.device import amp_dtype, select_device
+from rangecps.device import precision, select_device
 from rangecps.methods import METHODS
 from rangecps.models import build_model
 from rangecps.teacher import ema_update, make_teacher
@@ -80,8 +83,9 @@ def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> d
     process (``main`` does) for a figure of the method's own.
     """
     spec = METHODS[method]
-    amp = amp_dtype("auto", device)
-    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    prec = precision(args.amp, args.channels_last, device)
+    amp = prec.amp
+    layout = torch.channels_last if prec.channels_last else torch.contiguous_format
     trained = [
         build_model("fidnet", len(CHANNELS), NUM_CLASSES, args.model_width, seed=k).to(
             device, memory_format=layout
@@ -154,13 +158,15 @@ def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> d
         "peak_rss_mib": max_rss_mib(),
         "loss": float(losses["loss"].detach()),
         "threads": torch.get_num_threads(),
+        "precision": prec.record(),
         "load_average_1min": [load_before, os.getloadavg()[0]],  # before and after the steps: others' load
         "runs_s": times,
     }
 
 
-def time_in_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    """:func:`time_steps` of ``method`` in a fresh interpreter running this script with ``--only``."""
+def time_in_child(method: str, args: argparse.Namespace, fp32_nchw: bool = False) -> dict[str, Any]:
+    """:func:`time_steps` of ``method`` in a fresh interpreter running this script with ``--only``; with
+    ``fp32_nchw`` in float32 and the channels-first layout instead of ``args``' precision."""
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -178,6 +184,9 @@ def time_in_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
         str(args.warmup),
         "--repeats",
         str(args.repeats),
+        "--amp",
+        "off" if fp32_nchw else args.amp,
+        *(["--no-channels-last"] if fp32_nchw or not args.channels_last else []),
     ]
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
     for line in reversed(out.splitlines()):
@@ -203,6 +212,8 @@ def main() -> int:
         default=list(METHODS),
         help="methods to time (sup_only, the baseline, always runs)",
     )
+    parser.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto", help="as train.amp")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "train.json")
     parser.add_argument(
         "--only", choices=list(METHODS), help=argparse.SUPPRESS
@@ -219,6 +230,10 @@ def main() -> int:
     base = results["sup_only"]["step_s"]
     for r in results.values():
         r["vs_sup_only"] = r["step_s"] / base
+    prec = results["sup_only"]["precision"]
+    fp32 = {}  # the same steps in float32, channels-first: the speed-up the precision choice buys
+    if prec["amp"] != "off" or prec["channels_last"]:
+        fp32 = {m: time_in_child(m, args, fp32_nchw=True) for m in ("sup_only", "cps") if m in methods}
     print(
         f"one training step, FIDNet width {args.model_width}, {args.height}x{args.width_px}, batch "
         f"{args.batch} labeled (+{args.batch} unlabeled for the semi-supervised methods), {device}, "
@@ -235,6 +250,13 @@ def main() -> int:
             f"{name:13s} {r['trained_nets']:>4d}+{r['nets'] - r['trained_nets']:d} {r['step_s']:8.3f} "
             f"{r['best_s']:8.3f} {r['scans_per_s']:8.2f} {r['peak_memory_mib']:13.0f} {excess} "
             f"{r['vs_sup_only']:11.2f}x"
+        )
+    print(f"precision: autocast {prec['amp']}, channels_last {prec['channels_last']} ({prec['reason']})")
+    for name, r in fp32.items():
+        results[name]["speedup_vs_fp32_nchw"] = r["step_s"] / results[name]["step_s"]
+        print(
+            f"{name}: {r['step_s']:.3f} s in float32 channels-first -> {results[name]['step_s']:.3f} s "
+            f"({results[name]['speedup_vs_fp32_nchw']:.2f}x)"
         )
     print(
         "nets: trained + EMA teachers; step +MiB: peak above the memory just before the first step "
@@ -257,6 +279,7 @@ def main() -> int:
             if device.type == "cuda"
             else "max RSS of the method's process",
             "results": results,
+            "fp32_channels_first": fp32,
         },
     )
     return 0

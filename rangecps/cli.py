@@ -149,6 +149,8 @@ def train_main(argv: list[str] | None = None) -> int:
             f"done: {summary['steps']} steps in {summary['seconds']:.0f} s; "
             f"validation range-pixel mIoU: {vals} (best: {bests})"
         )
+        prec = summary["precision"]
+        print(f"precision: autocast {prec['amp']}, channels_last {prec['channels_last']} ({prec['reason']})")
         print(f"run folder: {out}")
     return 0
 

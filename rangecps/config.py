@@ -178,6 +178,9 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads off / on / no / yes as booleans: take the word back
+            words = [w for w in (("off", "no", "false") if not value else ("on", "yes", "true")) if w in args]
+            value = words[0] if words else value
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value

@@ -142,6 +142,15 @@ def lovasz_softmax(
         return (errors_sorted * grad).sum(1).mean()
 
 
+def _max_pool(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Stride-1, -inf-padded max over kernel x kernel windows of (B, K, H, W) ``x``, the same values as
+    ``F.max_pool2d(x, kernel, 1, kernel // 2)``. Done as a row pass and a column pass in channels_last: on a CPU
+    that is 3-5x faster than the square pool in the default layout, which was 8-10 % of a training step."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    x = F.max_pool2d(x, (1, kernel), stride=1, padding=(0, kernel // 2))
+    return F.max_pool2d(x, (kernel, 1), stride=1, padding=(kernel // 2, 0))
+
+
 def _boundaries(maps: torch.Tensor, keep: torch.Tensor | None, kernel: int) -> torch.Tensor:
     """Soft inner boundaries of (B, K, H, W) class maps in [0, 1]: max over a kernel x kernel window of 1 - map,
     minus 1 - map itself. ``keep`` (B, 1, H, W) float zeroes ignored pixels so that an ignored neighbour does not
@@ -149,9 +158,9 @@ def _boundaries(maps: torch.Tensor, keep: torch.Tensor | None, kernel: int) -> t
     the image border makes no boundary."""
     comp = 1.0 - maps
     if keep is None:
-        return F.max_pool2d(comp, kernel, stride=1, padding=kernel // 2) - comp
+        return _max_pool(comp, kernel) - comp
     comp = comp * keep
-    return (F.max_pool2d(comp, kernel, stride=1, padding=kernel // 2) - comp) * keep
+    return (_max_pool(comp, kernel) - comp) * keep
 
 
 def boundary_loss(
@@ -184,8 +193,8 @@ def boundary_loss(
         one_hot = F.one_hot(target, k).permute(0, 3, 1, 2).to(probs.dtype)
         gt_b = _boundaries(one_hot[:, 1:], keep, theta0)
         pred_b = _boundaries(probs[:, 1:], keep, theta0)
-        gt_ext = F.max_pool2d(gt_b, theta, stride=1, padding=theta // 2)
-        pred_ext = F.max_pool2d(pred_b, theta, stride=1, padding=theta // 2)
+        gt_ext = _max_pool(gt_b, theta)
+        pred_ext = _max_pool(pred_b, theta)
         eps = 1e-7
         precision = (pred_b * gt_ext).sum((2, 3)) / (pred_b.sum((2, 3)) + eps)
         recall = (pred_ext * gt_b).sum((2, 3)) / (gt_b.sum((2, 3)) + eps)

@@ -38,7 +38,7 @@ from rangecps.data.build import build_data
 from rangecps.data.dataset import CHANNELS
 from rangecps.data.lasermix import LaserMix
 from rangecps.data.loader import semi_supervised_loader
-from rangecps.device import amp_dtype, select_device, to_device
+from rangecps.device import precision, select_device, to_device
 from rangecps.eval.validation import validate
 from rangecps.losses import class_weights
 from rangecps.methods import METHODS
@@ -107,8 +107,8 @@ def train(
     total_steps = epochs * loader.steps_per_epoch
     stop_step = min(total_steps, cfg.train.max_steps or total_steps)
 
-    amp = amp_dtype(cfg.train.amp, device)
-    channels_last = cfg.train.channels_last and device.type == "cuda"
+    prec = precision(cfg.train.amp, cfg.train.channels_last, device)
+    amp, channels_last = prec.amp, prec.channels_last
     nets: list[nn.Module] = []  # the trained nets first, then the EMA teacher of Mean Teacher and LaserMix
     for k in range(spec.trained):  # CPS: one architecture, two initialisations
         net = build_model(
@@ -170,8 +170,9 @@ def train(
         "unlabeled_scans": len(data.split.unlabeled),
         "split_source": data.split.source,
         "revision": code_revision(),
+        "precision": prec.record(),
     }
-    step = 0
+    step, seconds_before = 0, 0.0  # training seconds of earlier sittings, when resumed
     # Each net's best validation score, the step it was reached and its weights then (best.pt holds them).
     best, best_steps = [-1.0] * n_nets, [0] * n_nets
     best_nets: list[dict[str, torch.Tensor] | None] = [None] * n_nets
@@ -188,6 +189,7 @@ def train(
             scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"], generator)
         step, best, best_steps = state["step"], list(state["best"]), list(state["best_steps"])
+        seconds_before = float(state.get("seconds", 0.0))
         if (out_dir / "best.pt").is_file():
             best_nets = list(load_checkpoint(out_dir / "best.pt", "cpu")["nets"])
     elif resume not in (None, "auto"):
@@ -217,6 +219,7 @@ def train(
             "step": step,
             "best": best,
             "best_steps": best_steps,
+            "seconds": seconds_before + time.time() - start_time,
             "config": resolved,
             "derived": derived,
             "revision": derived["revision"],
@@ -249,7 +252,7 @@ def train(
         dynamic_ncols=True,
     )
     val: dict[str, float] = {}
-    start_time = time.time()
+    start_time, resumed_at = time.time(), step
     for net in nets:
         net.train()
     while step < stop_step:
@@ -322,7 +325,9 @@ def train(
         "dataset": cfg.data.dataset,
         "steps": step,
         "total_steps": total_steps,
-        "seconds": round(time.time() - start_time, 1),
+        "seconds": round(seconds_before + time.time() - start_time, 1),  # every sitting's, not just this
+        "resumed_at_step": resumed_at,
+        "precision": prec.record(),
         "val_pixel_miou": val,
         "rank": info.rank,
         "nets": list(spec.nets),

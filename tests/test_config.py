@@ -124,3 +124,13 @@ def test_mapping_values_are_type_checked() -> None:
         load_config(None, ["train.epochs_by_labels=[4]"])
     with pytest.raises(ConfigError, match="scale_mode"):
         load_config(None, ["data.augment.scale_mode=sometimes"])
+
+
+def test_yaml_booleans_read_back_as_the_words_a_literal_allows(tmp_path: Path) -> None:
+    # YAML 1.1 reads `off` as False: `train.amp: off` and `--set train.amp=off` must still mean "off".
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  amp: off\n")
+    assert load_config(p).train.amp == "off"
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match=r"train\.amp"):
+        load_config(None, ["train.amp=yes"])  # "on" is no choice of train.amp, so True stays an error

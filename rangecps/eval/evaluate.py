@@ -45,7 +45,7 @@ from rangecps.checkpoint import code_revision, load_checkpoint
 from rangecps.config import Config, ConfigError, from_dict, parse_override, to_dict
 from rangecps.data.build import DataBundle, build_data
 from rangecps.data.dataset import RangeDataset, collate
-from rangecps.device import amp_dtype
+from rangecps.device import precision
 from rangecps.eval.knn import knn_postprocess
 from rangecps.eval.metrics import ConfusionMatrix, official_convention
 from rangecps.eval.report import LEVELS, level_dict
@@ -274,8 +274,8 @@ def evaluate(
     cms = {level: ConfusionMatrix(k) for level in LEVELS if knn or level != "point_knn"}
     e = cfg.eval
     knn_params = {"knn": e.knn_k, "search": e.knn_search, "sigma": e.knn_sigma, "cutoff": e.knn_cutoff}
-    amp = amp_dtype(cfg.train.amp, device)
-    channels_last = device.type == "cuda" and cfg.train.channels_last
+    prec = precision(cfg.train.amp, cfg.train.channels_last, device)
+    amp, channels_last = prec.amp, prec.channels_last
     for n in nets:
         n.to(memory_format=torch.channels_last if channels_last else torch.preserve_format)
     workers = cfg.data.num_workers if num_workers is None else num_workers
@@ -332,6 +332,7 @@ def evaluate(
         if has_labels
         else {},
         "device": str(device),
+        "precision": prec.record(),
         "seconds": round(seconds, 3),
         "seconds_per_scan": round(seconds / len(dataset), 4),
         "out_dir": str(out_dir),
