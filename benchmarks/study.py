@@ -1,21 +1,22 @@
 """The semi-supervised study on the simulator: do the semi-supervised methods turn unlabeled scans into accuracy?
 
 Trains every method (``sup_only``, ``mean_teacher``, ``cps``, ``lasermix``, ``cps_lasermix``; ``--methods``
-picks some) at 1 % and 10 % labels, and ``sup_only`` at 100 % as the ceiling, each with 3 seeds, on the built-in
-synthetic SemanticKITTI-format dataset with the CPU-sized FIDNet of ``configs/synthetic/``. Every run is
-evaluated on the validation sequence 08 at the point level with kNN post-processing (the headline), without kNN,
-and at the range-pixel level. A seed sets the network initialisation, the augmentation and the labeled split
-(``data.split_seed``), so the spread includes which scans got labels; runs of the same seed share their labeled
-scans, which makes the per-seed method - sup_only difference a paired one.
+picks some) at 1 % and 10 % labels, and ``sup_only`` at 100 % as the ceiling, with paired seeds, in the regime of
+:data:`REGIME` (a larger synthetic SemanticKITTI-format dataset than the demo's, so that 1 % is several scans,
+and runs long enough for the 100 % ceiling to plateau). A seed sets the network initialisation, the augmentation
+and the labeled split (``data.split_seed``): runs of one seed share their labeled scans and initial weights, so
+the per-seed difference between two methods is a paired one. Every run is evaluated on the validation sequence
+08 at the point level with kNN post-processing (the headline), without kNN, and at the range-pixel level, with
+the network ``rangecps-eval`` scores by default (net ``a`` of CPS runs, the teacher of Mean Teacher and LaserMix
+runs). One cell is repeated in float32 (``variant`` fp32) to check that the bf16 autocast the trainer picks on
+CPUs with native bf16 does not change the verdicts.
 
-Every run is scored with one network, the one ``rangecps-eval`` scores by default (last checkpoint, no
-ensembling): net ``a`` of CPS runs, the teacher of Mean Teacher and LaserMix runs, so that methods are compared
-network for network. Writes ``study.json`` (every run's figures) and ``RESULTS.md`` (rendered from
-it by ``study_report.py``) into ``--out``. Finished runs are skipped, so an interrupted study continues where it
-stopped.
+The study runs in sittings: every run resumes from its last checkpoint, every finished run is recorded in
+``study.json`` (and ``RESULTS.md`` re-rendered) at once, and a rerun skips what is recorded.
 
-    python benchmarks/study.py                 # the full study: 33 runs
-    python benchmarks/study.py --seeds 0 --max-steps 12 --out /tmp/study   # a quick smoke run
+    python benchmarks/study.py                      # the full study (about 6 hours on 2 CPU cores)
+    python benchmarks/study.py --quick              # 2 cells, 1 seed, a few steps on a tiny dataset (tests)
+    python benchmarks/study.py --device cuda --model-width 1.0 --image-width 2048 --out benchmarks/study_cuda
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 import shlex
 import subprocess
 import sys
-import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,28 +40,76 @@ from rangecps.checkpoint import code_revision
 from rangecps.config import load_config
 from rangecps.data.build import build_data
 from rangecps.methods import METHODS
+from rangecps.sim.generate import generate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = Path("configs/synthetic")
-# (method, labeled share); sup_only at 100 % is the ceiling.
-CELLS = [(m, share) for share in ("1%", "10%") for m in METHODS] + [("sup_only", "100%")]
+# The study's regime, in one place; recorded in study.json, and a recorded run counts only under the same one.
+# 10 training sequences of 40 scans: 1 % is 4 labeled scans and 396 unlabeled. Chosen from pilot runs of sup_only
+# at 100 % (README, "The study's regime"): every setting that fits the 6-hour budget (width 0.125 at 64x512,
+# width 0.25 at 64x256, lr 0.02, 3,200 steps at 64x256) ended at 27-28 point-level mIoU with kNN.
+REGIME: dict[str, Any] = {
+    "root": "data/synthetic_kitti_study",
+    "sequences": 11,
+    "scans_per_sequence": 40,
+    "image_width": 512,
+    "model_width": 0.125,
+    "class_weights": True,
+    "epochs": 4,
+    "ema_momentum": 0.01,  # the release's: ~100 steps of averaging, short against a 1,600-step run
+    "val_every": 160,  # 1,600 steps at 100 %: a validation at 80 % of the run, where the plateau is measured
+}
+# --quick: the same code path on a tiny dataset, a few steps; for tests and smoke runs.
+QUICK: dict[str, Any] = REGIME | {
+    "root": "data/synthetic_kitti_quick",
+    "sequences": 3,
+    "scans_per_sequence": 10,
+    "model_width": 0.125,
+    "epochs": 1,
+    "max_steps": 4,
+    "val_every": 2,
+}
+SHARES = ("1%", "10%")
+# (method, labels, variant): every method at each share, sup_only at 100 % (the ceiling), and the fp32 check.
+CELLS = (
+    [(m, share, "auto") for share in SHARES for m in METHODS]
+    + [("sup_only", "100%", "auto")]
+    + [("sup_only", "1%", "fp32"), ("cps", "1%", "fp32")]
+)
+QUICK_CELLS = [("sup_only", "1%", "auto"), ("cps", "1%", "auto")]
 
 
-def run_name(method: str, labels: str, seed: int) -> str:
-    return f"{method}-{labels.rstrip('%')}pct-seed{seed}"
+def run_name(method: str, labels: str, seed: int, variant: str) -> str:
+    tail = "" if variant == "auto" else f"-{variant}"
+    return f"{method}-{labels.rstrip('%')}pct-seed{seed}{tail}"
 
 
-def commands(method: str, labels: str, seed: int, run_dir: Path, args: argparse.Namespace) -> list[list[str]]:
+def commands(
+    method: str, labels: str, seed: int, variant: str, run_dir: Path, regime: dict[str, Any], workers: int
+) -> list[list[str]]:
     """The two commands of one run, as a user types them (console scripts, paths relative to the repo)."""
+    sets = {
+        "data.root": regime["root"],
+        "data.width": regime["image_width"],
+        "model.width": regime["model_width"],
+        "loss.class_weights": str(regime["class_weights"]).lower(),
+        "semi.ema_momentum": regime["ema_momentum"],
+        "train.epochs": regime["epochs"],
+        "train.val_every": regime["val_every"],
+        "train.ckpt_every": regime["val_every"],  # a killed run loses at most one validation interval
+        "train.seed": seed,
+        "data.split_seed": seed,
+        "data.num_workers": workers,
+    }
+    if "max_steps" in regime:
+        sets["train.max_steps"] = regime["max_steps"]
+    if variant == "fp32":
+        sets["train.amp"] = "off"
     train = [
         "rangecps-train",
         "--config", str(CONFIG_DIR / f"{method}_fidnet.yaml"),
         "--labels", labels,
-        "--set", f"train.seed={seed}",
-        "--set", f"data.split_seed={seed}",
-        "--set", f"data.num_workers={args.num_workers}",
-        *(["--set", f"train.epochs={args.epochs}"] if args.epochs is not None else []),
-        *(["--set", f"train.max_steps={args.max_steps}"] if args.max_steps is not None else []),
+        *(a for k, v in sets.items() for a in ("--set", f"{k}={v}")),
         "--out", str(run_dir),
         "--resume", "auto",
         "--no-progress",
@@ -68,7 +117,7 @@ def commands(method: str, labels: str, seed: int, run_dir: Path, args: argparse.
     evaluate = [
         "rangecps-eval", str(run_dir / "last.pt"),
         "--net", METHODS[method].evaluate,
-        "--num-workers", str(args.num_workers),
+        "--num-workers", str(workers),
         "--out", str(run_dir / "eval"),
         "--no-progress",
     ]  # fmt: skip
@@ -82,12 +131,25 @@ def executable(cmd: list[str]) -> list[str]:
     return [sys.executable, "-c", code, *cmd[1:]]
 
 
+def curve(run_dir: Path, net: str) -> list[list[float]]:
+    """[[step, validation range-pixel mIoU of ``net``], ...] from the run's log; a resumed run logs some steps
+    twice, and the later entry is the one the run continued from."""
+    points: dict[int, float] = {}
+    key = f"val/miou_{net}"
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if key in entry:
+            points[int(entry["step"])] = float(entry[key])
+    return [[s, points[s]] for s in sorted(points)]
+
+
 def run_one(
-    method: str, labels: str, seed: int, args: argparse.Namespace, env: dict[str, str]
+    cell: tuple[str, str, str], seed: int, args: argparse.Namespace, env: dict[str, str]
 ) -> dict[str, Any]:
-    """Train and evaluate one run (skipping what is already done) and return its figures."""
-    shown = args.work / run_name(method, labels, seed)
-    cmds = commands(method, labels, seed, shown, args)
+    """Train and evaluate one run (resuming or skipping what is already done) and return its record."""
+    method, labels, variant = cell
+    shown = args.work / run_name(method, labels, seed, variant)
+    cmds = commands(method, labels, seed, variant, shown, args.regime, args.num_workers)
     run_dir = REPO / shown
     metrics_path = run_dir / "eval" / "metrics.json"
     if not metrics_path.is_file():
@@ -95,13 +157,12 @@ def run_one(
         for cmd, log_name in zip(cmds, ("train.log", "eval.log"), strict=True):
             if log_name == "train.log" and (run_dir / "summary.json").is_file():
                 continue
-            with open(run_dir / log_name, "w") as log:
+            with open(run_dir / log_name, "a") as log:
                 done = subprocess.run(
                     executable(cmd), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
                 )
             if done.returncode != 0:
                 raise RuntimeError(f"{run_dir / log_name}: '{shlex.join(cmd)}' exited with {done.returncode}")
-        print(f"done {run_dir.name}", flush=True)
     metrics = json.loads(metrics_path.read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     levels = metrics["levels"]
@@ -109,72 +170,153 @@ def run_one(
         "method": method,
         "labels": labels,
         "seed": seed,
+        **({"variant": variant} if variant != "auto" else {}),  # the runs of the fp32 check
         "run_dir": str(shown),
         "steps": summary["steps"],
         "train_seconds": summary["seconds"],
         "eval_seconds": metrics["seconds"],
+        "wall_seconds": summary["seconds"] + metrics["seconds"],
+        "precision": summary["precision"],
+        "revision": summary["revision"],
         "miou": {level: levels[level]["miou"] for level in levels},
         "iou_point_knn": levels["point_knn"]["iou"],
+        "curve": curve(run_dir, metrics["net"]),
         "commands": [shlex.join(c) for c in cmds],
     }
+
+
+class Recorder:
+    """study.json as the study goes: every finished run is added and the report re-rendered at once (from any
+    of the parallel jobs), so that a study stopped at any point keeps everything it finished."""
+
+    def __init__(self, header: dict[str, Any], out: Path, planned: int) -> None:
+        self.header, self.out, self.planned = header, out, planned
+        self.lock = threading.Lock()
+        self.runs: list[dict[str, Any]] = []
+        path = out / "study.json"
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old.get("regime") == header["regime"]:  # runs of another regime are not comparable
+                self.runs = old["runs"]
+
+    def done(self, cell: tuple[str, str, str], seed: int) -> bool:
+        return any(_key(r) == (*cell, seed) for r in self.runs)
+
+    def add(self, run: dict[str, Any]) -> None:
+        with self.lock:
+            self.runs = [r for r in self.runs if _key(r) != _key(run)] + [run]
+            self.write()
+            print(f"recorded {run['run_dir']} ({len(self.runs)} of {self.planned} runs)", flush=True)
+
+    def write(self) -> None:
+        order = {c: i for i, c in enumerate(CELLS)}
+        runs = sorted(self.runs, key=lambda r: (order.get(_key(r)[:3], len(order)), r["seed"]))
+        study = self.header | {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "wall_minutes": round(sum(r["wall_seconds"] for r in runs) / 60, 1),
+            "complete": len(runs) >= self.planned,
+            "runs": runs,
+        }
+        study["cells"] = aggregate(runs)
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_report(study, self.out)
+
+
+def _key(run: dict[str, Any]) -> tuple[str, str, str, int]:
+    """(method, labels, variant, seed) of a recorded run."""
+    return run["method"], run["labels"], run.get("variant", "auto"), run["seed"]
+
+
+def ensure_dataset(regime: dict[str, Any]) -> None:
+    """Simulate the study's dataset where it is missing (deterministic for the simulator's default seed)."""
+    root = REPO / regime["root"]
+    if not root.exists():
+        generate_dataset("semantickitti", root, regime["sequences"], regime["scans_per_sequence"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--jobs", type=int, default=2, help="runs at once; each gets cores / jobs threads")
+    parser.add_argument("--quick", action="store_true", help="2 cells, 1 seed, 4 steps on a tiny dataset")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--model-width", type=float, default=None, help="override the regime's FIDNet width")
+    parser.add_argument("--image-width", type=int, default=None, help="override the regime's image columns")
+    parser.add_argument("--no-fp32-check", action="store_true", help="skip the float32 repeat of one cell")
+    parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: 2 on CPU, 1 on GPU)")
     parser.add_argument("--num-workers", type=int, default=0, help="loader workers per run")
-    parser.add_argument("--epochs", type=int, default=None, help="default: the synthetic configs' epochs")
-    parser.add_argument("--max-steps", type=int, default=None, help="cut every run short (smoke runs only)")
-    parser.add_argument("--work", type=Path, default=Path("runs/study"), help="folder of the run folders")
-    parser.add_argument(
-        "--out", type=Path, default=Path("benchmarks"), help="where study.json, RESULTS.md go"
-    )
+    parser.add_argument("--work", type=Path, default=None, help="folder of the run folders")
+    parser.add_argument("--out", type=Path, default=None, help="where study.json, RESULTS.md and plots go")
     args = parser.parse_args()
-    args.work = args.work.resolve()
+    regime = dict(QUICK if args.quick else REGIME)
+    if args.model_width is not None:
+        regime["model_width"] = args.model_width
+    if args.image_width is not None:
+        regime["image_width"] = args.image_width
+    args.regime = regime
+    tag = "study-quick" if args.quick else "study" if args.device == "cpu" else "study-cuda"
+    args.work = (args.work or Path("runs") / tag).resolve()
     if args.work.is_relative_to(REPO):  # keep the recorded commands free of this machine's paths
         args.work = args.work.relative_to(REPO)
+    default_out = {"study": Path("benchmarks"), "study-cuda": Path("benchmarks/study_cuda")}
+    out = (args.out or default_out.get(tag, args.work)).resolve()
+    seeds = [0] if args.quick else args.seeds
+    cells = QUICK_CELLS if args.quick else [c for c in CELLS if c[0] in args.methods]
+    if args.no_fp32_check:
+        cells = [c for c in cells if c[2] == "auto"]
+
+    env = dict(os.environ)
+    if args.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the trainer takes a GPU whenever it sees one
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: --device cuda: no CUDA device is visible", file=sys.stderr)
+            return 2
+    jobs = args.jobs or (2 if args.device == "cpu" else 1)
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    env |= {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
 
     os.chdir(REPO)  # the configs name the dataset root relative to the repository
-    start, revision = time.time(), code_revision()
-    # Make (or check) the dataset once, before parallel runs would race to make it.
-    cfg = load_config(CONFIG_DIR / "sup_only_fidnet.yaml")
-    data = build_data(cfg, progress=True)
-    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
-    # The longest runs (two networks) first, so that the parallel jobs finish together.
-    order = sorted(
-        ((m, lab, s) for m, lab in CELLS if m in args.methods for s in args.seeds),
-        key=lambda r: (r[0] == "sup_only", r[2]),
+    ensure_dataset(regime)
+    cfg = load_config(
+        CONFIG_DIR / "sup_only_fidnet.yaml",
+        [f"data.root={regime['root']}", f"data.width={regime['image_width']}"],
     )
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        runs = list(pool.map(lambda r: run_one(*r, args, env), order))
-
-    study = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "wall_minutes": round((time.time() - start) / 60, 1),
+    data = build_data(cfg, progress=True)  # index once, before parallel runs would race to
+    header = {
         "command": shlex.join(["python", "benchmarks/study.py", *sys.argv[1:]]),
-        "revision": revision,
-        "jobs": args.jobs,
+        "revision": code_revision(),
+        "device": args.device,
+        "jobs": jobs,
         "threads_per_job": int(threads),
+        "regime": regime,
         "dataset": {
             "name": cfg.data.dataset,
-            "root": cfg.data.root,
+            "root": regime["root"],
             "train_scans": len(data.index.split("train")),
             "val_scans": len(data.index.split("val")),
             "image": f"{data.geometry.height}x{data.geometry.width}",
         },
-        "model": {"name": cfg.model.name, "width": cfg.model.width},
+        "model": {"name": cfg.model.name, "width": regime["model_width"]},
         "class_names": list(data.label_map.names),
         "machine": machine(),
-        "runs": sorted(
-            runs, key=lambda r: ([c for c, _ in CELLS].index(r["method"]), r["labels"], r["seed"])
-        ),
     }
-    study["cells"] = aggregate(study["runs"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_report(study, args.out)
+    # Seed by seed, so that every finished seed is a complete paired comparison; within a seed the longest
+    # runs first, so that the parallel jobs finish together.
+    cost = {"sup_only": 1, "mean_teacher": 2, "cps": 3, "lasermix": 4, "cps_lasermix": 6}
+    todo = [(c, s) for s in seeds for c in sorted(cells, key=lambda c: -cost[c[0]])]
+    recorder = Recorder(header, out, len(todo))
+    pending = [(c, s) for c, s in todo if not recorder.done(c, s)]
+    print(f"{len(todo) - len(pending)} of {len(todo)} runs already recorded in {out / 'study.json'}")
+    if not pending:
+        recorder.write()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [
+            pool.submit(lambda c, s: recorder.add(run_one(c, s, args, env)), c, s) for c, s in pending
+        ]:
+            future.result()
     return 0
 
 

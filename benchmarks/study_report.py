@@ -1,7 +1,9 @@
-"""From the study's run figures to its statistics, its checks and ``RESULTS.md``.
+"""From the study's statistics to ``RESULTS.md``.
 
 Kept apart from ``study.py`` (which trains) so that the report can be rebuilt from ``study.json`` alone
-(``python benchmarks/study_report.py``) and tested on made-up runs.
+(``python benchmarks/study_report.py [DIR]``) and tested on made-up runs. The statistics are in ``study_stats.py``,
+the plots in ``study_plots.py`` (matplotlib is imported only when they are drawn). Every number in the report is
+computed from the runs.
 """
 
 from __future__ import annotations
@@ -9,102 +11,61 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from study_stats import (
+    BASELINE,
+    BETTER,
+    CEILING_LABELS,
+    DEFAULT_VARIANT,
+    HEADLINE,
+    ONE_SEED,
+    PLATEAU_TAIL,
+    SAME,
+    WORSE,
+    Run,
+    aggregate,
+    checks,
+    default_variant,
+    find,
+    missing_runs,
+    ordering,
+    paired_difference,
+    share,
+    variant_of,
+    wall_seconds,
+)
 
 from rangecps.atomic import atomic_write
 
 LEVELS = {"point_knn": "point, kNN", "point": "point, no kNN", "range_pixel": "range pixel"}
-HEADLINE = "point_knn"
-# The issue's goals: the 1 % sup_only gap to the 100 % ceiling that makes the task hard enough, and CPS's margin
-# over sup_only at 1 % beyond the seed spread.
-MIN_CEILING_GAP = 3.0
-MIN_CPS_MARGIN = 2.0
+VS_WORDS = {
+    BETTER: f"better than {BASELINE}",
+    SAME: f"not distinguishable from {BASELINE}",
+    WORSE: f"worse than {BASELINE}",
+    ONE_SEED: ONE_SEED,
+}
+CLAIM_WORDS = {BETTER: "holds", SAME: "not distinguishable", WORSE: "reversed", ONE_SEED: ONE_SEED}
+CURVES_PNG, PER_CLASS_PNG = "study_curves.png", "study_per_class_1pct.png"
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def signed(x: float) -> str:
+    """``+1.2`` / ``-0.3``. A small negative number keeps its sign (``-0.0``: a CI bound just below 0), a float
+    zero does not (``fp32 - default`` of identical runs reads ``+0.0``)."""
+    return "+0.0" if abs(x) < 1e-9 else f"{x:+.1f}"
 
 
-def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (method, labels) cell, in the order of first appearance: mIoU mean and std in percent for
-    every level, the seeds, and the per-class IoU averaged over seeds (classes absent from validation stay None)."""
-    cells: list[dict[str, Any]] = []
-    for key in dict.fromkeys((r["method"], r["labels"]) for r in runs):
-        rs = [r for r in runs if (r["method"], r["labels"]) == key]
-        miou = {}
-        for level in rs[0]["miou"]:
-            m, s = mean_std([100 * r["miou"][level] for r in rs])
-            miou[level] = {"mean": m, "std": s, "values": [100 * r["miou"][level] for r in rs]}
-        per_class = {}
-        for name in rs[0]["iou_point_knn"]:
-            vals = [r["iou_point_knn"][name] for r in rs if r["iou_point_knn"][name] is not None]
-            per_class[name] = 100 * statistics.fmean(vals) if vals else None
-        cells.append(
-            {
-                "method": key[0],
-                "labels": key[1],
-                "seeds": [r["seed"] for r in rs],
-                "miou": miou,
-                "iou_point_knn": per_class,
-            }
-        )
-    return cells
-
-
-def find(cells: list[dict[str, Any]], method: str, labels: str) -> dict[str, Any] | None:
-    return next((c for c in cells if c["method"] == method and c["labels"] == labels), None)
-
-
-def paired(runs: list[dict[str, Any]], method: str, labels: str) -> list[float]:
-    """Per-seed headline differences ``method - sup_only`` (same seed, same labeled scans), in percent."""
-    base = {
-        r["seed"]: r["miou"][HEADLINE] for r in runs if r["method"] == "sup_only" and r["labels"] == labels
-    }
-    return [
-        100 * (r["miou"][HEADLINE] - base[r["seed"]])
-        for r in runs
-        if r["method"] == method and r["labels"] == labels and r["seed"] in base
-    ]
-
-
-def checks(study: dict[str, Any]) -> dict[str, Any]:
-    """The study's verdicts, computed from its cells: is the task hard enough, does CPS beat sup_only."""
-    cells, runs = study["cells"], study["runs"]
-    out: dict[str, Any] = {}
-    low, ceiling = find(cells, "sup_only", "1%"), find(cells, "sup_only", "100%")
-    if low and ceiling:
-        gap = ceiling["miou"][HEADLINE]["mean"] - low["miou"][HEADLINE]["mean"]
-        out["ceiling_gap"] = {"value": gap, "required": MIN_CEILING_GAP, "met": gap > MIN_CEILING_GAP}
-    for labels in ("1%", "10%"):
-        sup = find(cells, "sup_only", labels)
-        for method in dict.fromkeys(c["method"] for c in cells if c["method"] != "sup_only"):
-            cell = find(cells, method, labels)
-            if not (sup and cell):
-                continue
-            a, b = cell["miou"][HEADLINE], sup["miou"][HEADLINE]
-            diffs = paired(runs, method, labels)
-            d_mean, d_std = mean_std(diffs)
-            # "Beyond the seed spread": the gap between the two error bars (mean - std vs mean + std).
-            margin = (a["mean"] - a["std"]) - (b["mean"] + b["std"])
-            entry = {
-                "difference": a["mean"] - b["mean"],
-                "paired": diffs,
-                "paired_mean": d_mean,
-                "paired_std": d_std,
-                "margin_beyond_spread": margin,
-            }
-            if labels == "1%" and method == "cps":
-                entry |= {"required": MIN_CPS_MARGIN, "met": margin >= MIN_CPS_MARGIN}
-            out[f"{method}_vs_sup_only_{labels}"] = entry
-    return out
-
-
-def steps_text(runs: list[dict[str, Any]]) -> str:
+def steps_text(runs: list[Run]) -> str:
     """``"216-240 steps"``: the configs' epochs cover the unlabeled scans, whose number depends on the share."""
     lo, hi = min(r["steps"] for r in runs), max(r["steps"] for r in runs)
     return f"{lo} steps" if lo == hi else f"{lo}-{hi} steps"
+
+
+def ci_text(p: dict[str, Any]) -> str:
+    h = p["half_width"]
+    return "–" if h is None else f"[{signed(p['mean'] - h)}, {signed(p['mean'] + h)}]"
 
 
 def fmt(entry: dict[str, Any] | None) -> str:
@@ -112,124 +73,337 @@ def fmt(entry: dict[str, Any] | None) -> str:
 
 
 def headline_table(cells: list[dict[str, Any]], level: str = HEADLINE) -> str:
-    """Markdown table: one row per method, one column per labeled share."""
-    shares = list(dict.fromkeys(c["labels"] for c in sorted(cells, key=lambda c: float(c["labels"][:-1]))))
-    methods = list(dict.fromkeys(c["method"] for c in cells))
-    lines = [
-        "| method | " + " | ".join(f"{s} labels" for s in shares) + " |",
-        "|---" * (len(shares) + 1) + "|",
-    ]
-    for m in methods:
-        row = [fmt((find(cells, m, s) or {}).get("miou", {}).get(level)) for s in shares]
+    """Markdown table at the default precision: one row per method, one column per labeled share."""
+    v = default_variant(cells)
+    cells = [c for c in cells if variant_of(c) == v]
+    shares = sorted({c["labels"] for c in cells}, key=share)
+    head = [f"{s} labels" + (" (ceiling)" if s == CEILING_LABELS else "") for s in shares]
+    lines = ["| method | " + " | ".join(head) + " |", "|---" * (len(shares) + 1) + "|"]
+    for m in dict.fromkeys(c["method"] for c in cells):
+        row = [fmt((find(cells, m, s, v) or {}).get("miou", {}).get(level)) for s in shares]
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def check_lines(study: dict[str, Any]) -> list[str]:
-    c = checks(study)
-    lines = []
-    if "ceiling_gap" in c:
-        g = c["ceiling_gap"]
+def paired_table(study: dict[str, Any]) -> str:
+    """Every method against sup_only, same seed: per-seed differences, their mean, 95 % CI and verdict."""
+    lines = [
+        f"| method | labels | per seed, - {BASELINE} | mean | 95 % CI | verdict |",
+        "|---|---|---|---:|---|---|",
+    ]
+    for p in checks(study)["paired"]:
+        per_seed = " / ".join(signed(d) for d in p["diffs"])
         lines.append(
-            f"- Task difficulty: sup_only at 100 % is {g['value']:.1f} mIoU above sup_only at 1 % "
-            f"(needed: more than {g['required']:.0f}): **{'met' if g['met'] else 'not met'}**."
+            f"| {p['a']} | {p['labels']} | {per_seed} | {signed(p['mean'])} | {ci_text(p)} | {p['verdict']} |"
         )
-    for key, e in c.items():
-        if key == "ceiling_gap":
-            continue
-        method, labels = key.split("_vs_sup_only_")
-        per_seed = ", ".join(f"{d:+.1f}" for d in e["paired"])
-        line = (
-            f"- {method} vs sup_only at {labels}: {e['difference']:+.1f} mIoU (per seed, same labeled scans: "
-            f"{per_seed}; {e['paired_mean']:+.1f} ± {e['paired_std']:.1f}); the error bars are "
-            f"{e['margin_beyond_spread']:+.1f} apart"
+    return "\n".join(lines)
+
+
+def check_lines(study: dict[str, Any]) -> list[str]:
+    """The regime's checks as markdown bullets, each with its number, its requirement and **met** / **not met**."""
+    c = checks(study)
+
+    def verdict(entry: dict[str, Any]) -> str:
+        return "**met**" if entry["met"] else "**not met**"
+
+    lines = []
+    if (e := c["ceiling"]) is None:
+        lines.append(f"- Ceiling: no {BASELINE} run at {CEILING_LABELS} yet.")
+    else:
+        lines.append(
+            f"- Ceiling: {BASELINE} at {CEILING_LABELS} reaches {e['value']:.1f} point-level mIoU "
+            f"(needed: at least {e['required']:.0f}): {verdict(e)}."
         )
-        if "met" in e:
-            line += f" (goal: at least +{e['required']:.0f}): **{'met' if e['met'] else 'not met'}**"
-        lines.append(line + ".")
+    if (e := c["plateau"]) is None:
+        if c["ceiling"] is not None:
+            lines.append("- Plateau: no validation curve of the ceiling runs recorded.")
+    else:
+        seeds = sorted(e["per_seed"])
+        lines.append(
+            f"- Plateau: over the last {PLATEAU_TAIL:.0%} of their steps the ceiling runs' validation mIoU "
+            f"(range pixel) changed by {' / '.join(signed(e['per_seed'][k]) for k in seeds)} points (seeds "
+            f"{', '.join(map(str, seeds))}), {signed(e['mean'])} on average (needed: less than {e['required']:.0f} "
+            f"on every seed): {verdict(e)}."
+        )
+    if (e := c["ceiling_gap"]) is not None:
+        lines.append(
+            f"- Task difficulty: {BASELINE} at 1% is {e['value']:.1f} points under the ceiling "
+            f"(needed: at least {e['required']:.0f}): {verdict(e)}."
+        )
     return lines
 
 
-def render(study: dict[str, Any]) -> str:
-    """``RESULTS.md``: everything in it is computed from ``study``."""
-    cells, runs, m = study["cells"], study["runs"], study["machine"]
-    ds = study["dataset"]
-    ten = [c for c in cells if c["labels"] == "10%"]
-    names = [n for n in study["class_names"][1:] if any(c["iou_point_knn"].get(n) is not None for c in ten)]
-    per_class = ["| class | " + " | ".join(c["method"] for c in ten) + " |", "|---" * (len(ten) + 1) + "|"]
-    for n in names:
-        vals = [c["iou_point_knn"].get(n) for c in ten]
-        per_class.append(f"| {n} | " + " | ".join("–" if v is None else f"{v:.1f}" for v in vals) + " |")
-    levels = ["| run cell | " + " | ".join(LEVELS.values()) + " |", "|---" * (len(LEVELS) + 1) + "|"]
-    for c in cells:
-        levels.append(
-            f"| {c['method']} {c['labels']} | " + " | ".join(fmt(c["miou"].get(lv)) for lv in LEVELS) + " |"
+def ordering_lines(study: dict[str, Any]) -> list[str]:
+    """One paragraph per share (study order, published order, each claim's fate) and an honest reading."""
+    vs = {(p["a"], p["labels"]): VS_WORDS[p["verdict"]] for p in checks(study)["paired"]}
+    lines, tally = [], Counter()
+    for o in ordering(study):
+        s = o["labels"]
+        order = " > ".join(
+            f"{m} {x:.1f}" + (f" ({vs[(m, s)]})" if (m, s) in vs else "") for m, x in o["study"]
         )
-    per_run = ["| run | steps | train min | " + " | ".join(LEVELS.values()) + " |", "|---" * 6 + "|"]
+        ranked = " > ".join(f"{m} {x:.1f}" for m, x in o["published"])
+        bare = ", ".join(f"{a} above {b}" for a, b in o["unquantified"])
+        bare += " (ordering as reported; figures not reproduced here)" if bare else ""
+        published = ", and ".join(x for x in (ranked, bare) if x) or "nothing at this share"
+        claims = []
+        for a, b, p in o["claims"]:
+            word = CLAIM_WORDS[p["verdict"]]
+            tally[word] += 1
+            claims.append(f"{a} > {b} {word} ({signed(p['mean'])}, 95 % CI {ci_text(p)})")
+        lines.append(
+            f"- At {s} labels the study orders {order}; the published table (range pixels, real SemanticKITTI) "
+            f"orders {published}. "
+            + (
+                "Published claims here: " + "; ".join(claims) + "."
+                if claims
+                else "No published pair was run."
+            )
+        )
+    n = sum(tally.values())
+    if n:
+        regime = study.get("regime", {})
+        lines.append("")
+        lines.append(
+            f"Reading: of {n} published claims checked, {tally['holds']} hold, {tally['not distinguishable']} are "
+            f"not distinguishable from no difference with these seeds and {tally['reversed']} are reversed"
+            + (f" ({tally[ONE_SEED]} have one seed only)" if tally[ONE_SEED] else "")
+            + ". The published figures are range-pixel mIoU of a full-width FIDNet trained on real SemanticKITTI; "
+            f"this study trains FIDNet at width {study.get('model', {}).get('width', '?')} on "
+            f"{regime.get('train_scans', study.get('dataset', {}).get('train_scans', '?'))} synthetic scans for "
+            f"{steps_text(study['runs'])} and scores points, so only the order of methods is comparable, not the "
+            "numbers. A claim that does not hold here means the method's gain did not appear in this regime; "
+            "it does not show that the published result is wrong."
+        )
+    return lines
+
+
+def class_table(study: dict[str, Any], labels: str = "1%") -> str:
+    """Per-class point-kNN IoU at ``labels`` (mean over seeds), classes present in validation only."""
+    v = default_variant(study["runs"])
+    cells = [c for c in aggregate(study["runs"]) if c["labels"] == labels and c["variant"] == v]
+    names = [n for n in study["class_names"][1:] if any(c["iou_point_knn"].get(n) is not None for c in cells)]
+    lines = ["| class | " + " | ".join(c["method"] for c in cells) + " |", "|---" * (len(cells) + 1) + "|"]
+    for n in names:
+        vals = [c["iou_point_knn"].get(n) for c in cells]
+        lines.append(f"| {n} | " + " | ".join("–" if x is None else f"{x:.1f}" for x in vals) + " |")
+    return "\n".join(lines)
+
+
+def at(variant: str) -> str:
+    return "at the default precision" if variant == DEFAULT_VARIANT else f"in {variant}"
+
+
+def precision_text(runs: list[Run]) -> str:
+    """What the runs' recorded precisions were: ``bfloat16 autocast``, ``float32`` (``amp: off``)."""
+    amps = {(r.get("precision") or {}).get("amp", "not recorded") for r in runs}
+    return " / ".join(sorted("float32" if a in (None, "off") else f"{a} autocast" for a in amps))
+
+
+def precision_lines(study: dict[str, Any]) -> list[str]:
+    """The precision-check cells (variants other than the default), each set against the default precision."""
+    runs = study["runs"]
+    v = default_variant(runs)
+    lines = []
+    for c in aggregate(runs):
+        if c["variant"] == v:
+            continue
+        m, s, w = c["method"], c["labels"], c["variant"]
+        text = f"- {m} at {s}, {w} (seeds {', '.join(map(str, c['seeds']))}): {fmt(c['miou'][HEADLINE])}."
+        if m != BASELINE:
+            own = any(variant_of(r) == w and (r["method"], r["labels"]) == (BASELINE, s) for r in runs)
+            p = paired_difference(runs, m, BASELINE, s, w, variant_b=w if own else v)
+            ref = paired_difference(runs, m, BASELINE, s, v)
+            if p is not None:
+                text += (
+                    f" Against {BASELINE} {at(w if own else v)}: {signed(p['mean'])}, 95 % CI {ci_text(p)}, "
+                    f"**{p['verdict']}**"
+                )
+                if ref is not None:
+                    same = "the same verdict" if ref["verdict"] == p["verdict"] else "a different verdict"
+                    text += f"; {at(v)} the verdict is **{ref['verdict']}**: {same}"
+                text += "."
+        d = paired_difference(runs, m, m, s, w, variant_b=v)
+        if d is not None:
+            text += (
+                f" {w} - {v} of {m}, per seed: {' / '.join(signed(x) for x in d['diffs'])} "
+                f"(mean {signed(d['mean'])}, 95 % CI {ci_text(d)})."
+            )
+        lines.append(text)
+    return lines
+
+
+def runs_table(runs: list[Run]) -> tuple[str, list[str]]:
+    """Every run, and the distinct reasons given for the precisions used."""
+    head = "| run | variant | steps | train min | eval s | wall min | precision | " + " | ".join(
+        LEVELS.values()
+    )
+    lines, reasons = [head + " |", "|---" * 10 + "|"], {}
     for r in runs:
-        per_run.append(
-            f"| {Path(r['run_dir']).name} | {r['steps']} | {r['train_seconds'] / 60:.1f} | "
-            + " | ".join(f"{100 * r['miou'][lv]:.2f}" for lv in LEVELS)
+        p = r.get("precision") or {}
+        amp = "float32" if p.get("amp") in (None, "off") else p["amp"]
+        prec = amp + (", channels_last" if p.get("channels_last") else "") if p else "–"
+        if p.get("reason"):
+            reasons.setdefault(prec, p["reason"])
+        lines.append(
+            f"| {Path(r['run_dir']).name} | {variant_of(r)} | {r['steps']} | {r['train_seconds'] / 60:.1f} | "
+            f"{r['eval_seconds']:.1f} | {wall_seconds(r) / 60:.1f} | {prec} | "
+            + " | ".join(f"{100 * r['miou'][lv]:.2f}" if lv in r["miou"] else "–" for lv in LEVELS)
             + " |"
         )
-    cmds = "\n".join(c for r in runs for c in r["commands"])
-    seeds = sorted({r["seed"] for r in runs})
+    why = [f"- {k}: {text}" for k, text in reasons.items()]
+    return "\n".join(lines), (["Why each precision:", "", *why] if why else [])
+
+
+def header(study: dict[str, Any]) -> str:
+    """Who made the study, where, and how much machine time it took."""
+    runs, m = study["runs"], study.get("machine", {})
+    ver = m.get("versions", {})
+    minutes = sum(wall_seconds(r) for r in runs) / 60
+    elapsed = f"; {study['elapsed_minutes']:.0f} minutes elapsed" if "elapsed_minutes" in study else ""
+    return (
+        f"Generated by `{study['command']}` on {study['date']} at revision `{study['revision']}`, device "
+        f"{study.get('device', 'cpu')}. Machine: {m.get('processor', '?')}, {m.get('cpu_count', '?')} cores, "
+        f"{m.get('memory_gib', '?')} GiB, {m.get('cuda') or 'no GPU'}; torch {ver.get('torch', '?')}, numpy "
+        f"{ver.get('numpy', '?')}, numba {ver.get('numba', '?')}.\n\nWall time: {minutes:.1f} machine minutes for "
+        f"{len(runs)} runs (the sum of every run's training and evaluation over all its sittings; "
+        f"{minutes / max(len(runs), 1):.1f} min per run on average), {study['jobs']} run(s) at a time with "
+        f"{study['threads_per_job']} thread(s) each{elapsed}. Every run's time is in the last table."
+    )
+
+
+def render(study: dict[str, Any], plots: bool = True) -> str:
+    """``RESULTS.md``; everything in it is computed from ``study``. ``plots=False`` when the PNGs were not made."""
+    runs = study["runs"]
+    cells = aggregate(runs)
+    v = default_variant(runs)
+    status = ""
+    if study.get("complete") is False:
+        missing = missing_runs(study)
+        listed = f" Missing ({len(missing)}): {', '.join(missing)}." if missing else ""
+        status = (
+            "**Incomplete: the study is still running; the tables below cover the finished runs only.**"
+            f"{listed}\n\n"
+        )
+    # Older studies have no "regime": their dataset and model say what they ran.
+    settings = study.get("regime") or {
+        **{f"dataset {k}": x for k, x in study.get("dataset", {}).items()},
+        **{f"model {k}": x for k, x in study.get("model", {}).items()},
+    }
+    regime = ["| setting | value |", "|---|---|"] + [f"| {k} | {x} |" for k, x in settings.items()]
+    levels = ["| cell | " + " | ".join(LEVELS.values()) + " | wall min per run |", "|---" * 5 + "|"]
+    for c in cells:
+        levels.append(
+            f"| {c['method']} {c['labels']} {c['variant']} | "
+            + " | ".join(fmt(c["miou"].get(lv)) for lv in LEVELS)
+            + f" | {statistics.fmean(c['wall_seconds']) / 60:.1f} |"
+        )
+    every_run, reasons = runs_table(runs)
+    precision = precision_lines(study)
+    if plots:
+        curves = f"![validation curves]({CURVES_PNG})"
+        bars = f"![per-class IoU at 1%]({PER_CLASS_PNG})"
+    else:
+        curves = bars = (
+            "(No plot: matplotlib is not installed; `pip install matplotlib` and rebuild the report.)"
+        )
+    nl = "\n"
     return f"""# Semi-supervised study on the simulator
 
-Generated by `{study["command"]}` on {study["date"]} at revision `{study["revision"]}`: {len(runs)} runs in
-{study["wall_minutes"]:.0f} minutes, {study["jobs"]} at a time with {study["threads_per_job"]} thread(s) each.
-Machine: {m["processor"]}, {m["cpu_count"]} cores, {m["memory_gib"]} GiB, {m["cuda"] or "no GPU"}; torch
-{m["versions"]["torch"]}, numpy {m["versions"]["numpy"]}, numba {m["versions"]["numba"]}.
+{status}{header(study)}
 
-Setup: the built-in synthetic SemanticKITTI-format dataset (`{ds["root"]}`: {ds["train_scans"]} training scans,
-{ds["val_scans"]} validation scans of sequence 08), {ds["image"]} range images, {study["model"]["name"]} at width
-{study["model"]["width"]} (the configs in `configs/synthetic/`), {steps_text(runs)} per run, seeds {seeds}. A seed
-sets the initialisation, the augmentation and which scans are labeled. CPS runs are scored with net a alone.
-Scores are mIoU in percent on the validation scans, mean ± sample standard deviation over the seeds.
+## Regime
 
-## Point-level mIoU with kNN post-processing
+{nl.join(regime)}
+
+Seeds {sorted({r["seed"] for r in runs})}; a seed sets the initialisation, the augmentation and which scans are
+labeled, so runs of one seed share their labeled scans and differences between methods are paired by seed.
+
+## Point-level mIoU with kNN
+
+Official SemanticKITTI convention (semantic-kitti-api: mean over all classes, a class absent from validation
+counts 0), in percent, mean ± sample standard deviation over the seeds, default precision
+({precision_text([r for r in runs if variant_of(r) == v])}). sup_only at 100% is the ceiling.
 
 {headline_table(cells)}
 
+## Each method against sup_only
+
+Difference to sup_only of the same seed; the 95 % confidence interval of the mean difference uses Student's t with
+n − 1 degrees of freedom. Verdict: better if the interval lies above 0, worse if below, else not distinguishable.
+
+{paired_table(study)}
+
 ## Checks
 
-{chr(10).join(check_lines(study))}
+{nl.join(check_lines(study))}
+
+## Against the published ordering
+
+{nl.join(ordering_lines(study))}
+
+## Validation curves
+
+Range-pixel mIoU on the validation scans over training steps, mean over seeds with the min–max band; the dashed
+curve is the ceiling (sup_only at 100%).
+
+{curves}
+
+## Per-class IoU at 1% labels (point level, kNN, mean over seeds)
+
+{bars}
+
+{class_table(study)}
 
 ## All three levels
 
 The range-pixel level is the number the published semi-supervised range-view tables report.
 
-{chr(10).join(levels)}
+{nl.join(levels)}
 
-## Per-class IoU at 10 % labels (point level, kNN, mean over seeds)
+## Precision check
 
-{chr(10).join(per_class)}
+{"Runs at another precision than the default, each against the default." if precision else ""}
+
+{nl.join(precision) or "No run at another precision."}
 
 ## Every run
 
-{chr(10).join(per_run)}
+{every_run}
+
+{nl.join(reasons)}
 
 ## Commands
 
-Each run is these two commands, from the repository root:
+Each run is these commands, from the repository root:
 
 ```
-{cmds}
+{nl.join(c for r in runs for c in r["commands"])}
 ```
 """
 
 
 def write_report(study: dict[str, Any], out: Path) -> None:
-    """Write ``study.json`` and ``RESULTS.md`` into ``out`` atomically."""
+    """Write ``study.json`` (with its cells recomputed), the PNGs and ``RESULTS.md`` into ``out`` atomically."""
+    study = dict(study, cells=aggregate(study["runs"]))
+    out = Path(out)
     with atomic_write(out / "study.json", "w") as f:
         json.dump(study, f, indent=1)
+    try:
+        import study_plots  # matplotlib is optional (the vis extra)
+    except ModuleNotFoundError as e:
+        if e.name != "matplotlib":
+            raise
+        print("matplotlib is not installed: no plots", file=sys.stderr)
+        plots = False
+    else:
+        study_plots.write_plots(study, out / CURVES_PNG, out / PER_CLASS_PNG)
+        plots = True
     with atomic_write(out / "RESULTS.md", "w") as f:
-        f.write(render(study))
-    print(f"wrote {out / 'study.json'} and {out / 'RESULTS.md'}")
+        f.write(render(study, plots))
+    print(f"wrote {out / 'study.json'}, {out / 'RESULTS.md'}" + (" and the plots" if plots else ""))
 
 
-if __name__ == "__main__":  # rebuild RESULTS.md from study.json: python benchmarks/study_report.py [DIR]
+if __name__ == "__main__":  # rebuild the report from study.json: python benchmarks/study_report.py [DIR]
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent)
-    data = json.loads((folder / "study.json").read_text())
-    data["cells"] = aggregate(data["runs"])
-    write_report(data, folder)
+    write_report(json.loads((folder / "study.json").read_text()), folder)
