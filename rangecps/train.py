@@ -38,6 +38,7 @@ from rangecps.data.build import build_data
 from rangecps.data.dataset import CHANNELS
 from rangecps.data.lasermix import LaserMix
 from rangecps.data.loader import semi_supervised_loader
+from rangecps.data.pipeline import ScanPipeline
 from rangecps.device import precision, select_device, to_device
 from rangecps.eval.validation import validate
 from rangecps.losses import class_weights
@@ -171,6 +172,7 @@ def train(
         "split_source": data.split.source,
         "revision": code_revision(),
         "precision": prec.record(),
+        "pipeline": ScanPipeline.from_bundle(data).to_dict(),  # what inference needs without the dataset
     }
     step, seconds_before = 0, 0.0  # training seconds of earlier sittings, when resumed
     # Each net's best validation score, the step it was reached and its weights then (best.pt holds them).

@@ -342,7 +342,7 @@ def test_clear_errors(nuscenes_run: Path, tmp_path: Path, capsys: pytest.Capture
 def test_range_image_and_points_without_pixel(synthetic_kitti: Path) -> None:
     from rangecps.data.dataset import project_scan
     from rangecps.data.index import read_scan
-    from rangecps.eval.evaluate import point_labels, range_image
+    from rangecps.eval.predict import point_labels, range_image
 
     cfg = load_config(None, [f"data.root={synthetic_kitti}", *SMALL])
     data = build_data(cfg, progress=False)

@@ -79,14 +79,28 @@ class InputStats:
         )
 
 
+def non_finite(points: np.ndarray) -> np.ndarray:
+    """``(N,) bool``: points whose x, y, z or intensity is NaN or infinite."""
+    return ~np.isfinite(points[:, :4]).all(axis=1)
+
+
 def project_scan(scan: Scan, geometry: Geometry) -> Projection:
-    """Project a scan onto the range image of ``geometry`` (rings for nuScenes, pitch otherwise)."""
+    """Project a scan onto the range image of ``geometry`` (rings for nuScenes, pitch otherwise).
+
+    A point with any non-finite value gets no pixel (rows/cols -1): a NaN intensity in a pixel would spread
+    through the network's convolutions to a third of the image. Such points still get a prediction later (the
+    fallback class), as every point without a pixel does."""
+    points = scan.points
+    bad = non_finite(points)
+    if bad.any():
+        points = points.copy()
+        points[bad, :3] = np.nan  # the projection places no point with a non-finite coordinate
     if geometry.rings:
         if scan.ring is None:
             raise ValueError(f"{scan.meta.get('points', 'scan')}: ring-based projection needs ring indices")
-        return project_rings(scan.points, scan.ring, height=geometry.height, width=geometry.width)
+        return project_rings(points, scan.ring, height=geometry.height, width=geometry.width)
     return project_spherical(
-        scan.points,
+        points,
         height=geometry.height,
         width=geometry.width,
         fov_up=geometry.fov_up,
@@ -205,21 +219,40 @@ class RangeDataset(Dataset):
             image = np.roll(image, -shift, axis=-1)
             pixel_label = np.roll(pixel_label, -shift, axis=-1)
             cols = np.where(cols >= 0, (cols - shift) % width, cols)
-        sample: dict[str, Any] = {
-            "input": torch.from_numpy(image),
-            "label": torch.from_numpy(pixel_label),
-            "mask": torch.from_numpy(image[5] > 0),
-            "num_points": len(rows),
-            "index": i,
-            "draw": draw,
-            "scan_id": self.records[i].scan_id,
-        }
-        if self.with_points:
-            sample["rows"] = torch.from_numpy(rows.astype(np.int64))
-            sample["cols"] = torch.from_numpy(cols.astype(np.int64))
-            sample["depth"] = torch.from_numpy(depth)
-            sample["point_label"] = torch.from_numpy(labels)
-        return sample
+        return pack_sample(
+            image, pixel_label, rows, cols, depth, labels, i, draw, self.records[i].scan_id, self.with_points
+        )
+
+
+def pack_sample(
+    image: np.ndarray,
+    pixel_label: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    depth: np.ndarray,
+    labels: np.ndarray,
+    index: int,
+    draw: int,
+    scan_id: str,
+    with_points: bool = True,
+) -> dict[str, Any]:
+    """The sample dict of the module docstring around an encoded ``(6, H, W)`` image: what datasets and
+    :class:`rangecps.data.pipeline.ScanPipeline` (inference on bare points) both hand to :func:`collate`."""
+    sample: dict[str, Any] = {
+        "input": torch.from_numpy(image),
+        "label": torch.from_numpy(pixel_label),
+        "mask": torch.from_numpy(image[5] > 0),
+        "num_points": len(rows),
+        "index": index,
+        "draw": draw,
+        "scan_id": scan_id,
+    }
+    if with_points:
+        sample["rows"] = torch.from_numpy(rows.astype(np.int64))
+        sample["cols"] = torch.from_numpy(cols.astype(np.int64))
+        sample["depth"] = torch.from_numpy(depth)
+        sample["point_label"] = torch.from_numpy(labels)
+    return sample
 
 
 _PAD = {"rows": -1, "cols": -1, "depth": -1.0, "point_label": 0}

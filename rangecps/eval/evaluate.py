@@ -46,8 +46,8 @@ from rangecps.config import Config, ConfigError, from_dict, parse_override, to_d
 from rangecps.data.build import DataBundle, build_data
 from rangecps.data.dataset import RangeDataset, collate
 from rangecps.device import precision
-from rangecps.eval.knn import knn_postprocess
 from rangecps.eval.metrics import ConfusionMatrix, official_convention
+from rangecps.eval.predict import knn_settings, net_forward, segment_batch
 from rangecps.eval.report import LEVELS, level_dict
 from rangecps.eval.submit import make_writer
 from rangecps.methods import METHODS
@@ -142,66 +142,6 @@ def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = (), devi
     return LoadedRun(path=path, cfg=cfg, state=state, nets=nets)
 
 
-@torch.no_grad()
-def predict_pixels(nets: list[nn.Module], x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
-    """``(B, H, W) int64`` predictions in 1..K-1 from one net's logits or several nets' mean softmax."""
-    with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        outputs = [net(x).float() for net in nets]
-    scores = outputs[0] if len(outputs) == 1 else sum(o.softmax(1) for o in outputs) / len(outputs)
-    return scores[:, 1:].argmax(1) + 1
-
-
-def range_image(
-    depth: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, height: int, width: int
-) -> torch.Tensor:
-    """``(H, W) float32`` range of each pixel's nearest point, -1 where empty: the projection's range image,
-    rebuilt exactly from the per-point ``depth``/``rows``/``cols`` of a sample."""
-    image = torch.full((height * width + 1,), -1.0, dtype=torch.float32, device=depth.device)
-    # Points without a pixel go to a spare last slot, dropped below: no boolean-mask copies of the arrays.
-    flat = torch.where(rows >= 0, rows * width + cols, height * width)
-    image.scatter_reduce_(0, flat, depth, reduce="amin", include_self=False)
-    return image[:-1].view(height, width)
-
-
-def fallback_class(pred: torch.Tensor, mask: torch.Tensor, num_classes: int) -> int:
-    """The class the occupied pixels predict most often (lowest on ties; all pixels if none is occupied)."""
-    votes = pred[mask] if bool(mask.any()) else pred.reshape(-1)
-    return int(torch.bincount(votes, minlength=num_classes).argmax())
-
-
-def point_labels(
-    pred: torch.Tensor,
-    mask: torch.Tensor,
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    depth: torch.Tensor,
-    num_classes: int,
-    knn: dict[str, Any] | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One scan's point labels: each point's pixel prediction, and the kNN vote when ``knn`` gives its parameters.
-
-    Args:
-        pred: ``(H, W) int64`` pixel predictions in 1..K-1; ``mask``: ``(H, W) bool`` occupied pixels.
-        rows, cols: ``(N,) int64`` pixel of each point, -1 without one; ``depth``: ``(N,) float32`` ranges.
-
-    Returns:
-        ``(N,) int64`` plain labels and ``(N,) int64`` kNN labels (None without ``knn``), on ``pred``'s device.
-        Points without a pixel take :func:`fallback_class` in both.
-    """
-    has = rows >= 0
-    fill = fallback_class(pred, mask, num_classes)
-    # One gather over all points; those without a pixel read pixel 0 and are replaced by the fallback.
-    at_pixel = pred.reshape(-1)[(rows * pred.shape[1] + cols).clamp(min=0)]
-    plain = torch.where(has, at_pixel, fill)
-    if knn is None:
-        return plain, None
-    image = range_image(depth, rows, cols, *pred.shape)
-    voted = torch.as_tensor(knn_postprocess(image, pred, depth, rows, cols, num_classes, **knn)).to(
-        pred.device
-    )
-    return plain, torch.where(has, voted, fill)
-
-
 def _open_split(run: LoadedRun, split: str, write: bool) -> tuple[DataBundle, RangeDataset, bool]:
     """The run's data, ``split`` as a dataset, and whether it has labels; refuses what cannot be evaluated."""
     cfg = run.cfg
@@ -272,8 +212,7 @@ def evaluate(
     k, names = data.num_classes, list(data.label_map.names)
     convention = official_convention(cfg.data.dataset)
     cms = {level: ConfusionMatrix(k) for level in LEVELS if knn or level != "point_knn"}
-    e = cfg.eval
-    knn_params = {"knn": e.knn_k, "search": e.knn_search, "sigma": e.knn_sigma, "cutoff": e.knn_cutoff}
+    knn_params = knn_settings(cfg.eval)
     prec = precision(cfg.train.amp, cfg.train.channels_last, device)
     amp, channels_last = prec.amp, prec.channels_last
     for n in nets:
@@ -284,28 +223,21 @@ def evaluate(
     )
     no_pixel = 0
     start = time.perf_counter()
+    forward = net_forward(nets, amp, channels_last)
     for batch in tqdm(loader, desc=f"eval {split} ({net})", disable=not progress, dynamic_ncols=True):
-        x = batch["input"].to(device, non_blocking=True)
-        pred = predict_pixels(
-            nets, x.contiguous(memory_format=torch.channels_last) if channels_last else x, amp
-        )
-        mask = batch["mask"].to(device)
+        pred, mask, scans = segment_batch(forward, batch, device, k, knn_params if knn else None)
         if has_labels:
             cms["range_pixel"].update(batch["label"].to(device)[mask], pred[mask])
-        for b in range(pred.shape[0]):
+        for b, scan in enumerate(scans):
             n = int(batch["num_points"][b])
-            rows, cols = batch["rows"][b, :n].to(device), batch["cols"][b, :n].to(device)
-            depth = batch["depth"][b, :n].to(device)
-            plain, voted = point_labels(pred[b], mask[b], rows, cols, depth, k, knn_params if knn else None)
-            no_pixel += int((rows < 0).sum())
+            no_pixel += scan.without_pixel
             if has_labels:
                 gt = batch["point_label"][b, :n].to(device)
-                cms["point"].update(gt, plain)
-                if voted is not None:
-                    cms["point_knn"].update(gt, voted)
+                cms["point"].update(gt, scan.plain)
+                if scan.voted is not None:
+                    cms["point_knn"].update(gt, scan.voted)
             if writer is not None:
-                labels = voted if voted is not None else plain
-                writer.write(dataset.records[int(batch["index"][b])], labels.cpu().numpy(), n)
+                writer.write(dataset.records[int(batch["index"][b])], scan.labels.cpu().numpy(), n)
     seconds = time.perf_counter() - start
 
     result: dict[str, Any] = {

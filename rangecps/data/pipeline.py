@@ -1,0 +1,122 @@
+"""What turns bare points into a network input, and network classes back into dataset ids: the part of a run's
+data that a trained model needs wherever it goes.
+
+:class:`ScanPipeline` holds the range-image geometry, the input encoding (with the training set's statistics),
+the dataset's file format and its classes (names, colours, train id -> raw id). Training stores it in every
+checkpoint (``derived["pipeline"]``), so that :class:`rangecps.deploy.Segmenter` and the ONNX sidecar need no
+dataset root; :meth:`ScanPipeline.sample` makes a sample exactly as a :class:`~rangecps.data.dataset.RangeDataset`
+of the run's validation split makes it (same projection, same encoding, same keys), from points alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rangecps.data.dataset import CHANNELS, pack_sample, project_scan
+from rangecps.data.encoding import InputEncoding
+from rangecps.data.index import Geometry
+from rangecps.io import Scan
+
+if TYPE_CHECKING:
+    from rangecps.data.build import DataBundle
+
+
+@dataclass(frozen=True)
+class ScanPipeline:
+    """A run's geometry, encoding and classes. ``train_to_raw[k]`` is the dataset id written for train id k."""
+
+    geometry: Geometry
+    encoding: InputEncoding
+    file_format: str  # "kitti" or "nuscenes": which official prediction layout the raw ids belong to
+    label_map: str
+    class_names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    train_to_raw: tuple[int, ...]
+
+    @classmethod
+    def from_bundle(cls, data: DataBundle) -> ScanPipeline:
+        lm = data.label_map
+        return cls(
+            geometry=data.geometry,
+            encoding=InputEncoding.make(
+                data.encoding, data.dataset_cls.file_format, data.stats.mean, data.stats.std
+            ),
+            file_format=data.dataset_cls.file_format,
+            label_map=lm.name,
+            class_names=tuple(lm.names),
+            colors=tuple(tuple(int(v) for v in c) for c in lm.colors),
+            train_to_raw=tuple(int(v) for v in lm.train_to_raw),
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return CHANNELS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (checkpoints are loaded with ``weights_only=True``: no custom classes)."""
+        return _lists(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScanPipeline:
+        g = dict(d["geometry"])
+        g["rings"] = bool(g["rings"])
+        g["elevations"] = tuple(g["elevations"]) if g.get("elevations") is not None else None
+        return cls(
+            geometry=Geometry(**g),
+            encoding=InputEncoding(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in d["encoding"].items()}
+            ),
+            file_format=d["file_format"],
+            label_map=d["label_map"],
+            class_names=tuple(d["class_names"]),
+            colors=tuple(tuple(c) for c in d["colors"]),
+            train_to_raw=tuple(d["train_to_raw"]),
+        )
+
+    def with_geometry(self, geometry: Geometry) -> ScanPipeline:
+        return replace(self, geometry=geometry)
+
+    def to_raw(self, train_ids: np.ndarray) -> np.ndarray:
+        """Dataset ids (uint8 when they all fit, as nuScenes lidarseg, else uint16 as SemanticKITTI) of train ids."""
+        table = np.asarray(self.train_to_raw)
+        return table.astype(np.uint8 if table.max() < 256 else np.uint16)[np.asarray(train_ids)]
+
+    def sample(
+        self, points: np.ndarray, ring: np.ndarray | None = None, index: int = 0, name: str = ""
+    ) -> dict:
+        """The sample of one scan, as a dataset makes it without augmentation (keys in ``rangecps.data.dataset``).
+
+        Args:
+            points: ``(N, 4)`` float32 x, y, z, intensity (intensity as the training data stored it).
+            ring: ``(N,)`` laser index, needed when the geometry's rows are rings.
+        Points with a non-finite value get no pixel (see :func:`~rangecps.data.dataset.project_scan`).
+        """
+        points = np.ascontiguousarray(points, dtype=np.float32)
+        if points.ndim != 2 or points.shape[1] != 4:
+            raise ValueError(
+                f"{name or 'points'}: expected (N, 4) x, y, z, intensity, got shape {points.shape}"
+            )
+        if self.geometry.rings and ring is None:
+            raise ValueError(f"{name or 'points'}: this model's rows are laser rings; pass ring=(N,) indices")
+        scan = Scan(points, None if ring is None else np.asarray(ring, np.int64), meta={"points": name})
+        proj = project_scan(scan, self.geometry)
+        image = self.encoding(points, proj)
+        empty = np.zeros(len(points), np.int64)
+        label = np.zeros((self.geometry.height, self.geometry.width), np.int64)
+        return pack_sample(image, label, proj.rows, proj.cols, proj.depth, empty, index, index, name)
+
+
+def _lists(value: Any) -> Any:
+    """Tuples to lists, recursively: YAML's safe dumper and JSON both want lists."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    return value
