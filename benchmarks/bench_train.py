@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import write_result
+from common import peak_rss_mib, write_result
 
 from rangecps.config import LossConfig, SemiConfig
 from rangecps.cps import cps_step
@@ -64,15 +63,10 @@ def rss_mib() -> float | None:
         return None
 
 
-def max_rss_mib() -> float:
-    """The process's peak resident memory so far (ru_maxrss: KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def peak_memory_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return max_rss_mib()
+    return peak_rss_mib()
 
 
 def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -155,7 +149,7 @@ def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> d
         "peak_memory_mib": peak,
         "before_first_step_mib": before,
         "step_excess_mib": peak - before if before is not None else None,
-        "peak_rss_mib": max_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "loss": float(losses["loss"].detach()),
         "threads": torch.get_num_threads(),
         "precision": prec.record(),

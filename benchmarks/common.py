@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -71,3 +72,17 @@ def fresh_numba_timings(code: str, extra_env: dict[str, str] | None = None) -> l
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
         )
     return [float(v) for v in out.stdout.split()]
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident memory so far: ``VmHWM`` of /proc/self/status on Linux. Not ru_maxrss, which
+    Linux carries over from the parent through fork and exec: a child started by a parent of 4 GiB reports at
+    least 4 GiB there. Elsewhere ru_maxrss (KiB on Linux, bytes on macOS: taken as KiB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

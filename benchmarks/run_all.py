@@ -1,4 +1,4 @@
-"""One performance suite: simulator, projection, kNN, loader, training step and evaluation, one process each.
+"""One performance suite: simulator, projection, kNN, loader, training, evaluation and inference, one process each.
 
 For every stage: the median time per scan (or per step), scans/s, the stage process's peak memory (max RSS; on a
 GPU also the peak allocated GPU memory) and the speed ratio to its in-run baseline where it has one: brute-force
@@ -20,7 +20,6 @@ import argparse
 import datetime
 import importlib
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 
 import numba
 import torch
-from common import machine
+from common import machine, peak_rss_mib
 
 from rangecps.atomic import atomic_write
 from rangecps.checkpoint import code_revision
@@ -182,8 +181,8 @@ def stage_eval(device: torch.device) -> list[Row]:
     from rangecps.data.build import resolve_geometry
     from rangecps.data.dataset import CHANNELS, RangeDataset, collate
     from rangecps.device import amp_dtype
-    from rangecps.eval.evaluate import point_labels, predict_pixels
     from rangecps.eval.metrics import ConfusionMatrix
+    from rangecps.eval.predict import point_labels, predict_pixels
     from rangecps.models import build_model
 
     gpu = device.type == "cuda"
@@ -225,6 +224,39 @@ def stage_eval(device: torch.device) -> list[Row]:
     return rows
 
 
+def stage_infer(device: torch.device) -> list[Row]:
+    """Per scan as ``rangecps-infer`` runs it: read the .bin, project + encode, FIDNet, kNN to every point; torch
+    against onnxruntime on the validation scans of ``data/synthetic_kitti`` (``bench_infer``: random weights, one
+    child process per row, so each row's peak RSS is its own). On a GPU also the published FIDNet there."""
+    bench = _bench("bench_infer")
+    args = Namespace(root=bench.DEFAULT_ROOT, repeats=20, warmup=2, threads=1, amp="auto")
+    configs = [("small", "torch", "onnxruntime")]
+    if device.type == "cuda":
+        configs.append(("published", "torch-cuda", "onnxruntime-cuda"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size_name, torch_backend, ort_backend in configs:
+            size = bench.SIZES[size_name]
+            gpu = torch_backend != "torch"
+            what = (f"inference end to end per scan (read, project, FIDNet width {size.model_width} "
+                    f"{size.height}x{size.width_px}, kNN{', GPU' if gpu else ', 1 thread'})")  # fmt: skip
+            skip = bench.unavailable(ort_backend)
+            # Makes the dataset on first use; calibrates the net and exports it (skip: not), outside the timings.
+            models = bench.prepare_models(size_name, args.root, Path(tmp), onnx=skip is None)
+            base = bench.time_in_child(size_name, torch_backend, args, models, None)
+            note = f"; {ort_backend} row skipped: {skip}" if skip is not None else ""
+            rows.append(row(f"{what}, torch{' AMP' if gpu else ''}{note}", base["runs_ms"]["total"],
+                            peak_rss_mib=base["peak_rss_mib"], peak_gpu_mib=base["peak_gpu_mib"],
+                            parts_ms=base["parts_ms"]))  # fmt: skip
+            if skip is None:
+                r = bench.time_in_child(size_name, ort_backend, args, models, None)
+                rows.append(row(f"{what}, onnxruntime{' CUDA provider' if gpu else ''}", r["runs_ms"]["total"],
+                                baseline="torch AMP" if gpu else "torch",
+                                baseline_ms=base["runs_ms"]["total"], peak_rss_mib=r["peak_rss_mib"],
+                                parts_ms=r["parts_ms"]))  # fmt: skip
+    return rows
+
+
 STAGES: dict[str, Callable[[torch.device], list[Row]]] = {
     "simulator": stage_simulator,
     "projection": stage_projection,
@@ -232,6 +264,7 @@ STAGES: dict[str, Callable[[torch.device], list[Row]]] = {
     "loader": stage_loader,
     "train": stage_train,
     "eval": stage_eval,
+    "infer": stage_infer,
 }
 
 
@@ -241,8 +274,9 @@ def run_stage(name: str) -> None:
 
     device = select_device()
     rows = STAGES[name](device)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps([r | {"stage": name, "device": str(device), "peak_rss_mib": peak} for r in rows]))
+    peak = peak_rss_mib()
+    # A row that ran in a process of its own brings that process's peak RSS.
+    print(json.dumps([{"stage": name, "device": str(device), "peak_rss_mib": peak} | r for r in rows]))
 
 
 def table(rows: list[Row]) -> str:
