@@ -4,7 +4,9 @@ A config file holds the sections below; it may name at most one ``base:`` file (
 values it overrides section by section. The base may not have a base of its own: one level, no chains.
 
 Every key is checked: an unknown or misspelled key is a :class:`ConfigError` naming the key and the file (with a
-suggestion), and every value is checked against the dataclass field's type. ``--set section.key=value`` overrides
+suggestion), every value is checked against the dataclass field's type and then against its allowed range
+(:func:`check_config`: batch sizes and intervals >= 1, dropout in [0, 1), thresholds in [0, 1], loss weights >= 0,
+lr > 0, ...), all refused keys named in one line. ``--set section.key=value`` overrides
 go through the same checks. Values that follow from others (the number of classes from the label map, the total
 number of steps from the epochs) are not configurable: they are computed where they are needed and written into the
 resolved config that every run records (:func:`to_dict`).
@@ -17,6 +19,7 @@ import difflib
 import os
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +67,9 @@ class AugmentConfig:
 class DataConfig:
     dataset: Dataset = "synthetic_kitti"
     root: str = "data/synthetic_kitti"
+    # Where rangecps-prep's files live (index, statistics, split lists, cache); None: <root>/rangecps. Set it to a
+    # writable folder when the dataset root is read-only.
+    prep_dir: str | None = None
     labels: str = (
         "10%"  # labeled share: the published list on real datasets at 1/10/20/50 %, else seeded sampler
     )
@@ -275,6 +281,105 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _check_share(value: str, where: str) -> str:
+    from rangecps.data.splits import canonical_share  # no import cycle: splits imports no config
+
+    return canonical_share(value, where)
+
+
+def _problems(cfg: Config) -> list[tuple[str, str]]:
+    """``(key, what is wrong)`` for every value of ``cfg`` outside its allowed range (types are checked on load)."""
+    out: list[tuple[str, str]] = []
+
+    def need(ok: bool, key: str, allowed: str) -> None:
+        if not ok:  # written as "not ok" so that NaN, which fails every comparison, is refused too
+            section, _, name = key.rpartition(".")
+            value = getattr(_section(cfg, section), name)
+            out.append((key, f"{value!r} is not allowed; {allowed}"))
+
+    d, a, lo, se, o, t, e = cfg.data, cfg.data.augment, cfg.loss, cfg.semi, cfg.optim, cfg.train, cfg.eval
+    need(d.batch_size >= 1, "data.batch_size", "must be >= 1")
+    need(d.unlabeled_batch_size >= 1, "data.unlabeled_batch_size", "must be >= 1")
+    need(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    for key in ("height", "width"):
+        v = getattr(d, key)
+        need(v is None or v >= 1, f"data.{key}", "must be >= 1, or null for the dataset's native size")
+    need(a.min_distance >= 0, "data.augment.min_distance", "must be >= 0 (metres)")
+    need(0 <= a.dropout < 1, "data.augment.dropout", "must lie in [0, 1)")
+    low, high = a.scale
+    need(0 < low <= high, "data.augment.scale", "needs 0 < low <= high")
+    if a.scale_mode != "uniform":  # these draw U(1, high)
+        need(high >= 1, "data.augment.scale", f"needs high >= 1 with scale_mode {a.scale_mode}")
+    need(a.translate >= 0, "data.augment.translate", "must be >= 0 (metres)")
+    need(a.point_noise >= 0, "data.augment.point_noise", "must be >= 0 (metres)")
+    need(cfg.model.width > 0, "model.width", "must be > 0")
+    for key in ("ce", "dice", "lovasz", "boundary", "aux", "cps"):
+        need(getattr(lo, key) >= 0, f"loss.{key}", "a loss weight must be >= 0")
+    need(0 <= lo.cps_threshold <= 1, "loss.cps_threshold", "a confidence threshold must lie in [0, 1]")
+    need(0 <= se.ema_momentum <= 1, "semi.ema_momentum", "must lie in [0, 1]")
+    need(se.consistency >= 0, "semi.consistency", "a loss weight must be >= 0")
+    need(se.consistency_rampup >= 0, "semi.consistency_rampup", "must be >= 0 (steps)")
+    need(0 <= se.pseudo_threshold <= 1, "semi.pseudo_threshold", "a confidence threshold must lie in [0, 1]")
+    need(se.mix >= 0, "semi.mix", "a loss weight must be >= 0")
+    need(bool(se.mix_bands) and min(se.mix_bands) >= 1, "semi.mix_bands", "needs one or more numbers >= 1")
+    need(se.mix_pitch is None or se.mix_pitch[0] < se.mix_pitch[1], "semi.mix_pitch", "needs low < high")
+    need(o.lr > 0, "optim.lr", "must be > 0")
+    need(all(0 <= b < 1 for b in o.betas), "optim.betas", "each must lie in [0, 1)")
+    need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    need(o.eps > 0, "optim.eps", "must be > 0")
+    need(0 < o.pct_start < 1, "optim.pct_start", "must lie in (0, 1)")
+    need(o.div_factor > 0, "optim.div_factor", "must be > 0")
+    need(o.final_div_factor > 0, "optim.final_div_factor", "must be > 0")
+    need(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables clipping)")
+    need(t.epochs >= 1, "train.epochs", "must be >= 1")
+    need(all(v >= 1 for v in t.epochs_by_labels.values()), "train.epochs_by_labels", "epochs must be >= 1")
+    need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1, or null for the full run")
+    for key in ("val_every", "log_every", "ckpt_every"):
+        need(getattr(t, key) >= 1, f"train.{key}", "must be >= 1 (steps)")
+    need(e.knn_search >= 1 and e.knn_search % 2 == 1, "eval.knn_search", "must be an odd number >= 1")
+    need(1 <= e.knn_k <= e.knn_search**2, "eval.knn_k", "must lie in 1..knn_search^2")
+    need(e.knn_sigma > 0, "eval.knn_sigma", "must be > 0")
+    need(e.knn_cutoff == e.knn_cutoff, "eval.knn_cutoff", "must be a number (<= 0 disables it)")
+    return out
+
+
+def _section(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split(".") if dotted else ():
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_config(cfg: Config, source: str = "<config>", set_keys: Collection[str] = ()) -> Config:
+    """Refuse values outside their allowed range, in one line naming every such key and the range; return the
+    config with ``data.labels`` and the keys of ``train.epochs_by_labels`` written as percentages (``"10%"``).
+
+    ``source`` names where the values came from; a key in ``set_keys`` came from ``--set``."""
+
+    def origin(key: str) -> str:
+        return "--set" if any(key == s or key.startswith(s + ".") for s in set_keys) else source
+
+    problems = [f"{origin(k)}: {k}: {msg}" for k, msg in _problems(cfg)]
+    try:
+        labels = _check_share(cfg.data.labels, "data.labels")
+    except ValueError as e:
+        problems.append(f"{origin('data.labels')}: {e}")
+        labels = cfg.data.labels
+    by_labels = {}
+    for share, epochs in cfg.train.epochs_by_labels.items():
+        try:
+            by_labels[_check_share(share, "train.epochs_by_labels key")] = epochs
+        except ValueError as e:
+            problems.append(f"{origin('train.epochs_by_labels')}: {e}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, labels=labels),
+        train=dataclasses.replace(cfg.train, epochs_by_labels=by_labels),
+    )
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
     """Load ``path`` (and its one ``base:``), apply ``--set`` overrides, and return the checked :class:`Config`.
 
@@ -303,7 +408,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
         for key in reversed(keys):
             nested = {key: nested}
         config = _build(Config, _merge(to_dict(config), nested), "--set")
-    return config
+    set_keys = {".".join(parse_override(text)[0]) for text in overrides}
+    return check_config(config, source, set_keys)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -321,7 +427,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def from_dict(values: dict[str, Any], source: str = "<checkpoint>") -> Config:
     """Rebuild a :class:`Config` from :func:`to_dict` output (e.g. the copy saved in a checkpoint)."""
-    return _build(Config, values, source)
+    return check_config(_build(Config, values, source), source)
 
 
 def dump_yaml(data: dict[str, Any]) -> str:

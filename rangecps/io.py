@@ -32,7 +32,22 @@ NUSCENES_NUM_RINGS = 32
 
 
 class ScanFormatError(ValueError):
-    """A scan or label file that is missing or does not match its format. The message names the file."""
+    """A scan or label file that is missing or does not match its format. The message names the file, on one line.
+
+    Raised in a DataLoader worker, torch re-raises it in the main process as ``ScanFormatError(text)`` where
+    ``text`` is "Caught ScanFormatError in DataLoader worker process N." followed by the worker's traceback; the
+    error then keeps that text in ``worker_traceback`` and its message is the original one line again.
+    """
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        self.worker_traceback: str | None = None
+        text = str(message)
+        if text.startswith("Caught ") and "\n" in text:
+            last = text.rstrip().splitlines()[-1]
+            name = f"{type(self).__module__}.{type(self).__qualname__}: "
+            if last.startswith(name):
+                self.worker_traceback, message = text, last[len(name) :]
+        super().__init__(message, *args)
 
 
 @dataclass
@@ -72,14 +87,21 @@ def _read_records(path: PathLike, dtype: np.dtype, fields: int, what: str) -> np
     path = Path(path)
     if not path.is_file():
         raise ScanFormatError(f"{path}: {what} file not found")
-    size = path.stat().st_size
     record = np.dtype(dtype).itemsize * fields
-    if size % record:
+    try:
+        size = path.stat().st_size
+        if size % record:
+            raise ScanFormatError(
+                f"{path}: size {size} bytes is not a whole number of {record}-byte {what} records "
+                f"(truncated or wrong format?)"
+            )
+        data = np.fromfile(path, dtype=dtype)
+    except OSError as e:  # vanished since the check, unreadable, an I/O error of the disk
+        raise ScanFormatError(f"{path}: cannot read the {what} file ({e.strerror or e})") from e
+    if data.size * data.itemsize != size:
         raise ScanFormatError(
-            f"{path}: size {size} bytes is not a whole number of {record}-byte {what} records "
-            f"(truncated or wrong format?)"
+            f"{path}: read {data.size * data.itemsize} of {size} bytes (file changed while read?)"
         )
-    data = np.fromfile(path, dtype=dtype)
     return data.reshape(-1, fields) if fields > 1 else data
 
 

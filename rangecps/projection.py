@@ -312,7 +312,8 @@ def project_rings(xyz: np.ndarray, ring: np.ndarray, height: int = 32, width: in
 
     Args:
         xyz: ``(N, >=3)`` floats, x y z in the first three columns.
-        ring: ``(N,)`` integers in ``[0, height)``; other values raise ValueError.
+        ring: ``(N,)`` integers in ``[0, height)``, or floats holding such whole numbers (the float32 ring column of
+            a nuScenes ``.pcd.bin``); other values raise ValueError naming them.
         height, width: image size.
     """
     _check_image(height, width, "project_rings")
@@ -320,15 +321,25 @@ def project_rings(xyz: np.ndarray, ring: np.ndarray, height: int = 32, width: in
     ring = np.asarray(ring)
     if ring.shape != (points.shape[0],):
         raise ValueError(f"project_rings: ring must have shape ({points.shape[0]},), got {ring.shape}")
-    if not np.issubdtype(ring.dtype, np.integer):
-        raise TypeError(f"project_rings: ring must be integers, got {ring.dtype}")
+    if np.issubdtype(ring.dtype, np.floating):
+        # a nuScenes .pcd.bin stores the ring as its fifth float32 column: whole numbers are taken as they are
+        whole = np.isfinite(ring) & (ring == np.floor(ring))
+        if not whole.all():
+            first = int(np.argmax(~whole))
+            raise ValueError(
+                f"project_rings: ring must hold whole numbers; {int((~whole).sum())} of {ring.size} {ring.dtype} "
+                f"values are not (first: {float(ring[first])} at point {first})"
+            )
+    elif not np.issubdtype(ring.dtype, np.integer) or ring.dtype == np.bool_:
+        raise TypeError(f"project_rings: ring must be integers (or whole floats), got {ring.dtype}")
     if ring.size and (ring.min() < 0 or ring.max() >= height):
         bad = np.unique(ring[(ring < 0) | (ring >= height)])
         shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
         raise ValueError(
             f"project_rings: ring values outside [0, {height}): {shown} ({bad.size} distinct values)"
         )
-    # the fov arguments are unused with rings; any valid pair keeps the unused constants finite
+    # the fov arguments are unused with rings; any valid pair keeps the unused constants finite (the range check
+    # above also keeps whole floats within int32)
     return _project(points, np.ascontiguousarray(ring, dtype=np.int32), height, width, 1.0, 0.0)
 
 

@@ -10,7 +10,15 @@ Run folder layout::
     best.pt            the nets at their best validation range-pixel mIoU: each net's own best (a CPS run keeps
                        net a's and net b's best steps side by side, a Mean Teacher run the student's and the
                        teacher's; ``net_names`` and ``best_steps`` say which)
-    summary.json       final figures
+    summary.json       final figures (and ``non_finite_points``: training points with a NaN or infinite value,
+                       which get no pixel)
+    .lock              held by the run's first process while it runs (rangecps.folders)
+
+A folder that holds a run is refused unless the run is resumed (``resume``) or started over (``overwrite``, which
+removes the earlier run's files first), and the first process holds the folder's lock (:func:`folder_lock`) for the
+whole run: two runs never write into one folder. ``data.root`` is recorded absolute, so a run folder names its
+data wherever it is evaluated from. A resumed run drops what an earlier sitting logged after the checkpoint it
+continues from, so no step is logged twice; resuming a complete run changes nothing.
 
 Learning rate under DDP: ``optim.lr`` is used as given whatever the number of processes; the global batch is
 ``world_size x data.batch_size``. The published recipe's lr 0.01 belongs to its global batch; scale it linearly
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +41,7 @@ from tqdm import tqdm
 from rangecps import dist
 from rangecps.atomic import atomic_write
 from rangecps.checkpoint import code_revision, load_checkpoint, restore_rng, rng_state, save_checkpoint
-from rangecps.config import Config, dump_yaml, to_dict
+from rangecps.config import Config, check_config, dump_yaml, to_dict
 from rangecps.cps import cps_step
 from rangecps.data.build import build_data
 from rangecps.data.dataset import CHANNELS
@@ -41,23 +50,62 @@ from rangecps.data.loader import semi_supervised_loader
 from rangecps.data.pipeline import ScanPipeline
 from rangecps.device import precision, select_device, to_device
 from rangecps.eval.validation import validate
+from rangecps.folders import folder_lock
 from rangecps.losses import class_weights
 from rangecps.methods import METHODS
 from rangecps.models import build_model
-from rangecps.runlog import RESUMABLE_CHANGES, RunLog, config_differences
+from rangecps.runlog import (
+    RESUMABLE_CHANGES,
+    RunLog,
+    absolute_path,
+    complete_run,
+    config_differences,
+    prepare_folder,
+    with_absolute_paths,
+)
 from rangecps.teacher import ema_update, make_teacher
 
 
 def train(
-    cfg: Config, out_dir: str | Path, resume: str | None = None, progress: bool = True
+    cfg: Config,
+    out_dir: str | Path,
+    resume: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``cfg`` into ``out_dir``; ``resume`` is None, ``"auto"`` (``out_dir/last.pt`` if present) or a path.
 
-    Returns the summary (also written to ``summary.json``).
+    A folder that holds a run is refused (FileExistsError) unless ``resume`` continues it or ``overwrite`` removes
+    its files first; a folder another process is training into is refused (:class:`FolderInUse`).
+
+    Returns the summary (also written to ``summary.json``). Resuming a run that is already complete trains and
+    writes nothing and returns its summary with ``already_complete`` True.
     """
+    cfg = with_absolute_paths(check_config(cfg))
     out_dir = Path(out_dir)
+    own_checkpoint = resume is not None and (
+        resume == "auto" or absolute_path(resume) == absolute_path(out_dir / "last.pt")
+    )
+    if overwrite and own_checkpoint:
+        raise ValueError(
+            f"{out_dir}: --overwrite removes the run that --resume {resume} would continue; pass one of them"
+        )
     device = select_device()
     info = dist.setup(device.type)
+    with ExitStack() as stack:
+        # One process per run holds the folder for the whole run; the kernel frees the lock at exit, even a crash.
+        if info.is_main:
+            stack.enter_context(folder_lock(out_dir, "training run"))
+            prepare_folder(out_dir, resume, overwrite, own_checkpoint)
+        summary = _train(cfg, out_dir, resume, progress, device, info)
+    dist.teardown()
+    return summary
+
+
+def _train(
+    cfg: Config, out_dir: Path, resume: str | None, progress: bool, device: torch.device, info: dist.DistInfo
+) -> dict[str, Any]:
+    """:func:`train` once the run folder is settled (and locked by the first process)."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.train.seed)
@@ -175,25 +223,39 @@ def train(
         "pipeline": ScanPipeline.from_bundle(data).to_dict(),  # what inference needs without the dataset
     }
     step, seconds_before = 0, 0.0  # training seconds of earlier sittings, when resumed
+    non_finite_before, non_finite_here = 0, 0  # non-finite points met by earlier sittings / by this process
     # Each net's best validation score, the step it was reached and its weights then (best.pt holds them).
     best, best_steps = [-1.0] * n_nets, [0] * n_nets
     best_nets: list[dict[str, torch.Tensor] | None] = [None] * n_nets
     ckpt_path = Path(resume) if resume not in (None, "auto") else out_dir / "last.pt"
     if resume is not None and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, device)
+        if "optimizers" not in state:
+            raise ValueError(f"{ckpt_path}: holds weights only (a best.pt); resume from a last.pt")
         changed = [k for k in config_differences(state["config"], resolved) if k not in RESUMABLE_CHANGES]
         if changed:
             raise ValueError(f"{ckpt_path}: cannot resume, the config differs in {', '.join(changed)}")
+        step = int(state["step"])
+        if step >= stop_step:
+            return complete_run(out_dir, ckpt_path, state, stop_step, info.rank)
         for obj, key in ((nets, "nets"), (opts, "optimizers"), (scheds, "schedulers")):
             for o, s in zip(obj, state[key], strict=True):
                 o.load_state_dict(s)
         if state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"], generator)
-        step, best, best_steps = state["step"], list(state["best"]), list(state["best_steps"])
+        best, best_steps = list(state["best"]), list(state["best_steps"])
         seconds_before = float(state.get("seconds", 0.0))
+        non_finite_before = int(state.get("non_finite_points", 0))
         if (out_dir / "best.pt").is_file():
-            best_nets = list(load_checkpoint(out_dir / "best.pt", "cpu")["nets"])
+            saved = load_checkpoint(out_dir / "best.pt", "cpu")
+            for k in range(n_nets):
+                # best.pt may be newer than the checkpoint (a validation after it, before the kill): keep such a
+                # net's best with its own score and step, which the replay of those steps reproduces.
+                if saved["best_steps"][k] > step:
+                    best[k], best_steps[k] = saved["best"][k], saved["best_steps"][k]
+                if saved["best_steps"][k] == best_steps[k]:
+                    best_nets[k] = saved["nets"][k]
     elif resume not in (None, "auto"):
         raise FileNotFoundError(f"{ckpt_path}: checkpoint to resume from not found")
 
@@ -226,6 +288,7 @@ def train(
             "derived": derived,
             "revision": derived["revision"],
             "label_names": list(data.label_map.names),
+            "non_finite_points": non_finite_points,
         }
 
     def checkpoint(path: Path) -> None:
@@ -245,7 +308,13 @@ def train(
         """best.pt: every net at its own best validation step, with what evaluation needs to rebuild them."""
         save_checkpoint(out_dir / "best.pt", {"nets": best_nets, **run_state()})
 
-    log = RunLog(out_dir, main)
+    def count_non_finite() -> int:
+        """Non-finite points met so far by every process and sitting (a collective under DDP)."""
+        here = torch.tensor([non_finite_here], dtype=torch.int64, device=device)
+        return non_finite_before + int(dist.all_reduce_sum(here).item())
+
+    non_finite_points = non_finite_before
+    log = RunLog(out_dir, main, resume_step=step)
     bar = tqdm(
         total=stop_step,
         initial=step,
@@ -261,6 +330,14 @@ def train(
         epoch, offset = divmod(step, loader.steps_per_epoch)
         loader.set_epoch(epoch, offset)
         for labeled, unlabeled in loader:
+            met = _non_finite(labeled, unlabeled)  # scans of the batch with non-finite points, and how many
+            if met and not non_finite_here and main:
+                tqdm.write(
+                    f"note: step {step + 1}: points with a NaN or infinite value get no pixel "
+                    f"({', '.join(f'{n} in {i}' for i, n in met)}); summary.json counts all such points "
+                    "(non_finite_points)"
+                )
+            non_finite_here += sum(n for _, n in met)
             labeled = to_device(labeled, device, channels_last)
             unlabeled = to_device(unlabeled, device, channels_last) if unlabeled is not None else None
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -278,7 +355,10 @@ def train(
                 )
             if not torch.isfinite(losses["loss"]):
                 raise FloatingPointError(
-                    f"step {step}: loss is {losses['loss'].item()}; lower optim.lr or use amp=bf16"
+                    f"step {step + 1}: loss is {losses['loss'].item()} on a batch of scans "
+                    f"{', '.join(_scan_ids(labeled, unlabeled))}; check these scans for invalid values first "
+                    f"(rangecps-prep checks a dataset root), then lower optim.lr or change train.amp "
+                    f"(autocast {prec.record()['amp']} now)"
                 )
             for o in opts:
                 o.zero_grad(set_to_none=True)
@@ -315,8 +395,10 @@ def train(
                         best_nets[k] = {n: t.detach().cpu().clone() for n, t in net.state_dict().items()}
                 if main and improved:
                     save_best()
-            if main and (step % cfg.train.ckpt_every == 0 or step == stop_step):
-                checkpoint(out_dir / "last.pt")
+            if step % cfg.train.ckpt_every == 0 or step == stop_step:
+                non_finite_points = count_non_finite()  # every process: a collective under DDP
+                if main:
+                    checkpoint(out_dir / "last.pt")
             if step >= stop_step:
                 break
     bar.close()
@@ -336,12 +418,32 @@ def train(
         "best_val_pixel_miou": best,
         "best_steps": best_steps,
         "revision": derived["revision"],
+        "non_finite_points": non_finite_points,
     }
     if main:
         with atomic_write(out_dir / "summary.json", "w") as f:
             json.dump(summary, f, indent=1)
-    dist.teardown()
     return summary
+
+
+def _non_finite(labeled: dict[str, Any], unlabeled: dict[str, Any] | None) -> list[tuple[str, int]]:
+    """``(scan, number of points with a NaN or infinite value)`` of a training batch's scans that hold any."""
+    out = []
+    for batch in (labeled, unlabeled):
+        if batch is None or "non_finite" not in batch:
+            continue
+        counts = torch.as_tensor(batch["non_finite"]).reshape(-1).tolist()
+        ids = batch["scan_id"] if len(counts) == len(batch["scan_id"]) else [", ".join(batch["scan_id"])]
+        out += [(i, int(n)) for i, n in zip(ids, counts, strict=True) if n]
+    return out
+
+
+def _scan_ids(labeled: dict[str, Any], unlabeled: dict[str, Any] | None) -> list[str]:
+    """The scans of a training batch, for messages: the labeled ones, then the unlabeled ones."""
+    ids = list(labeled["scan_id"])
+    if unlabeled is not None:
+        ids += [f"{i} (unlabeled)" for i in unlabeled["scan_id"]]
+    return ids
 
 
 if __name__ == "__main__":  # torchrun --nproc_per_node=G -m rangecps.train --config ...

@@ -252,8 +252,10 @@ def test_ring_rows_and_ring_errors() -> None:
         project_rings(xyz, np.array([32, 40, 0]))
     with pytest.raises(ValueError, match=r"-1"):
         project_rings(xyz, np.array([-1, 0, 0]), height=32)
+    with pytest.raises(ValueError, match=r"ring must hold whole numbers.*2\.5 at point 2"):
+        project_rings(xyz, np.array([0.0, 1.0, 2.5]))
     with pytest.raises(TypeError, match="integers"):
-        project_rings(xyz, np.array([0.0, 1.0, 2.0]))
+        project_rings(xyz, np.array([True, False, True]))
     with pytest.raises(ValueError, match="shape"):
         project_rings(xyz, np.array([0, 1]))
 

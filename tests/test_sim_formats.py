@@ -352,9 +352,9 @@ def test_generate_rejects_bad_arguments(tmp_path: Path) -> None:
         generate_dataset("semantickitti", tmp_path / "full", 2, 1, 0, progress=False)
     with pytest.raises(ValueError, match="unknown dataset format"):
         generate_dataset("kitti360", tmp_path / "a", 2, 1, 0, progress=False)
-    with pytest.raises(ValueError, match=r"2\.\.11"):
-        generate_dataset("semantickitti", tmp_path / "a", 1, 1, 0, progress=False)
-    with pytest.raises(ValueError, match=r"3\.\.10"):
+    with pytest.raises(ValueError, match=r"1\.\.11"):
+        generate_dataset("semantickitti", tmp_path / "a", 0, 1, 0, progress=False)
+    with pytest.raises(ValueError, match=r"2\.\.10"):
         generate_dataset("nuscenes", tmp_path / "a", 11, 1, 0, progress=False)
     with pytest.raises(ValueError, match="scans_per_sequence"):
         generate_dataset("nuscenes", tmp_path / "a", 3, 0, 0, progress=False)

@@ -5,7 +5,8 @@ from rangecps.data.kitti import ScribbleKITTI, SemanticKITTI, SyntheticKITTI, Sy
 from rangecps.data.nuscenes import NuScenes, SyntheticNuScenes
 
 # Config name -> dataset class. Every entry answers: name, file_format, label_map, geometry,
-# build_index(root), expected_folders(root, split).
+# build_index(root), expected_folders(root, split), layout_notes(root) (what the root lacks, as notes),
+# layout_stamp(root) (a cheap digest of which scans the root holds) and describe_split(split) (for messages).
 DATASETS = {
     cls.name: cls
     for cls in (

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rangecps.config import AugmentConfig, Config
 from rangecps.data import DATASETS
 from rangecps.data.augment import build_augment
+from rangecps.data.cache import cache_key, cache_mismatch
 from rangecps.data.dataset import InputStats, RangeDataset
 from rangecps.data.index import DatasetIndex, Geometry
-from rangecps.data.prep import load_prepared, prep_dir
+from rangecps.data.prep import load_prepared, note, prep_dir
 from rangecps.data.splits import LabeledSplit, make_split
 from rangecps.labels import LabelMap, load_label_map
 
@@ -24,7 +25,12 @@ SYNTHETIC_FORMATS = {
 
 @dataclass
 class DataBundle:
-    """Everything a run knows about its data. ``num_classes`` counts the ignore class 0."""
+    """Everything a run knows about its data. ``num_classes`` counts the ignore class 0.
+
+    ``split`` (the labeled / unlabeled partition of ``labels`` at ``split_seed``) is made when first asked for:
+    training asks, and is refused with a message naming the root when the train or the val split is empty;
+    evaluation never asks, so a root that holds only the validation sequence evaluates.
+    """
 
     dataset_cls: type
     root: Path
@@ -32,12 +38,37 @@ class DataBundle:
     stats: InputStats
     label_map: LabelMap
     geometry: Geometry
-    split: LabeledSplit
+    labels: str = "100%"  # data.labels
+    split_seed: int = 0  # data.split_seed
     encoding: str = "normalised"  # data.input
+    prep_dir: Path | None = None  # data.prep_dir; None: <root>/rangecps
+    _split: LabeledSplit | None = field(default=None, init=False, repr=False)
+    _cache_checked: bool = field(default=False, init=False, repr=False)
+    _cache_folder: Path | None = field(default=None, init=False, repr=False)
 
     @property
     def num_classes(self) -> int:
         return self.label_map.num_classes
+
+    def require(self, *splits: str, purpose: str = "training") -> None:
+        """Refuse, naming the root, when one of ``splits`` holds no scans."""
+        for split in splits:
+            if not self.index.splits.get(split):
+                needs = " and the ".join(splits)
+                raise ValueError(
+                    f"{self.root}: no scans in the {split} split ({self.dataset_cls.describe_split(split)}); "
+                    f"{purpose} needs the {needs} split"
+                )
+
+    @property
+    def split(self) -> LabeledSplit:
+        """The labeled / unlabeled partition of the training split (training needs train and val scans)."""
+        if self._split is None:
+            self.require("train", "val")
+            self._split = make_split(
+                self.dataset_cls.name, self.index.ids("train"), self.labels, self.split_seed
+            )
+        return self._split
 
     def records(self, ids: tuple[str, ...] | list[str], split: str = "train") -> list:
         wanted = set(ids)
@@ -71,9 +102,27 @@ class DataBundle:
         )
 
     def cache_dir(self) -> Path | None:
-        """The cached range images of ``rangecps-prep --cache``, when they exist at this run's geometry."""
-        folder = prep_dir(self.root) / "cache"
-        return folder if folder.is_dir() and self.geometry == self.dataset_cls.geometry else None
+        """The cached range images of ``rangecps-prep --cache``, when they exist and were made from this run's
+        data at its range image (see :func:`rangecps.data.cache.cache_mismatch`); when they exist but were made
+        from something else, a note says once why they are not used."""
+        if not self._cache_checked:
+            self._cache_checked = True
+            folder = prep_dir(self.root, self.prep_dir) / "cache"
+            if not folder.is_dir():
+                return None
+            native = self.dataset_cls.geometry
+            if self.geometry != native:
+                reason = (
+                    f"this run's range image {self.geometry.height}x{self.geometry.width} is not the cached "
+                    f"{native.height}x{native.width}"
+                )
+            else:
+                reason = cache_mismatch(folder, cache_key(self.dataset_cls, self.root, self.index))
+            if reason is not None:
+                note(f"{folder}: cached range images not used: {reason}")
+            else:
+                self._cache_folder = folder
+        return self._cache_folder
 
 
 def resolve_geometry(dataset_cls: type, height: int | None, width: int | None) -> Geometry:
@@ -87,11 +136,16 @@ def resolve_geometry(dataset_cls: type, height: int | None, width: int | None) -
 
 
 def ensure_synthetic(dataset: str, root: Path, progress: bool = True) -> None:
-    """Make the default synthetic dataset at ``root`` if it is not there (so one command shows training work)."""
+    """Make the default synthetic dataset at ``root`` if it is not there (so one command shows training work).
+    When another process is making it at the same time, wait for it and use its dataset."""
     if dataset in SYNTHETIC_FORMATS and not root.exists():
         from rangecps.sim.generate import generate_dataset
 
-        generate_dataset(SYNTHETIC_FORMATS[dataset], root, progress=progress)
+        try:
+            generate_dataset(SYNTHETIC_FORMATS[dataset], root, progress=progress, wait=True)
+        except FileExistsError:
+            if not (root.is_dir() and any(root.iterdir())):
+                raise
 
 
 def build_data(cfg: Config, progress: bool = True) -> DataBundle:
@@ -100,9 +154,9 @@ def build_data(cfg: Config, progress: bool = True) -> DataBundle:
         raise ValueError(f"unknown dataset {cfg.data.dataset!r}; choose one of {sorted(DATASETS)}")
     dataset_cls = DATASETS[cfg.data.dataset]
     root = Path(cfg.data.root)
+    folder = Path(cfg.data.prep_dir) if cfg.data.prep_dir is not None else None
     ensure_synthetic(cfg.data.dataset, root, progress)
-    index, stats = load_prepared(dataset_cls, root, progress=progress)
-    split = make_split(dataset_cls.name, index.ids("train"), cfg.data.labels, cfg.data.split_seed)
+    index, stats = load_prepared(dataset_cls, root, folder, progress=progress)
     return DataBundle(
         dataset_cls=dataset_cls,
         root=root,
@@ -110,6 +164,8 @@ def build_data(cfg: Config, progress: bool = True) -> DataBundle:
         stats=stats,
         label_map=load_label_map(dataset_cls.label_map),
         geometry=resolve_geometry(dataset_cls, cfg.data.height, cfg.data.width),
-        split=split,
+        labels=cfg.data.labels,
+        split_seed=cfg.data.split_seed,
         encoding=cfg.data.input,
+        prep_dir=folder,
     )

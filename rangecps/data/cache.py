@@ -12,22 +12,34 @@ The nearest point of each pixel stays the nearest, so these equal projecting the
 lying exactly on a column edge). Point dropout, translation, point noise and scaling of x and y alone change which
 point wins a pixel or which row a point falls in: with them, the dataset reads and projects the points as usual.
 Rotations are drawn on the grid of ``W`` column shifts.
+
+A cache is keyed by what made it (``key.json``, written after the last scan): the dataset kind, its label map,
+each split's label source (ScribbleKITTI trains on ``scribbles/``, SemanticKITTI on ``labels/``), the range image,
+and the digest of the indexed files' sizes and modification times. A run whose data differ does not use it and says
+once why (:func:`cache_mismatch`). The input encoding is not part of the key: the cache holds raw channels, and
+both encodings are computed from them when a scan is read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from rangecps.atomic import atomic_write
 from rangecps.data.augment import Compose, RandomFlip, RandomRotate, RandomScale
-from rangecps.io import Scan
+from rangecps.io import Scan, ScanFormatError
 from rangecps.projection import Projection, gather_channels, pixel_labels
 
 IMAGE_TRANSFORMS = (RandomRotate, RandomFlip, RandomScale)
+CACHE_VERSION = 1
+CACHED_SPLITS = ("train", "val")
+KEY_FILE = "key.json"
 
 
 @dataclass
@@ -79,7 +91,7 @@ def read_cached(path: Path) -> CachedScan:
                 cols=z["cols"].astype(np.int64), depth=z["depth"], point_label=z["point_label"].astype(np.int64),
             )  # fmt: skip
     except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable cache file ({e}); run rangecps-prep --cache again") from e
+        raise ScanFormatError(f"{path}: unreadable cache file ({e}); run rangecps-prep --cache again") from e
 
 
 def usable(augment: Compose | None) -> bool:
@@ -131,17 +143,68 @@ def augment_cached(c: CachedScan, augment: Compose, rng: np.random.Generator) ->
     return c
 
 
+def cache_key(dataset_cls: type, root: Path, index) -> dict[str, Any]:
+    """What a cache of ``index`` holds (see the module doc); JSON-plain, so that it compares equal to a loaded one."""
+    from rangecps.data.index import source_key
+
+    source = index.source if index.source is not None else source_key(dataset_cls, root, index)
+    key = {
+        "version": CACHE_VERSION,
+        "dataset": dataset_cls.name,
+        "label_map": dataset_cls.label_map,
+        "labels": {split: source["labels"].get(split, "") for split in CACHED_SPLITS},
+        "geometry": asdict(dataset_cls.geometry),
+        "files": source["files"],
+    }
+    return json.loads(json.dumps(key))
+
+
+def _describe(key: dict[str, Any]) -> str:
+    labels = key.get("labels") or {}
+    return f"{key.get('dataset')} scans labeled from {labels.get('train') or 'nothing'} (train)"
+
+
+def cache_mismatch(folder: Path, expected: dict[str, Any]) -> str | None:
+    """Why the cache in ``folder`` cannot serve a run whose data are keyed ``expected`` (:func:`cache_key`), or
+    None when it can."""
+    try:
+        saved = json.loads((folder / KEY_FILE).read_text())
+    except FileNotFoundError:
+        return "it does not record what it was made from (made by an older rangecps, or its build was interrupted)"
+    except (OSError, ValueError) as e:
+        return f"its {KEY_FILE} cannot be read ({e})"
+    if not isinstance(saved, dict) or saved.get("version") != CACHE_VERSION:
+        return "it was made by another version of rangecps"
+    if (saved.get("dataset"), saved.get("labels"), saved.get("label_map")) != (
+        expected["dataset"], expected["labels"], expected["label_map"],
+    ):  # fmt: skip
+        return f"it holds {_describe(saved)}, this run reads {_describe(expected)}"
+    if saved.get("geometry") != expected["geometry"]:
+        return "it was projected onto another range image"
+    if saved.get("files") != expected["files"]:
+        return "the dataset's files changed since it was made"
+    return None
+
+
 def build_cache(dataset_cls: type, root: Path, index, label_map, out_dir: Path, progress: bool = True) -> int:
-    """Project and store every labeled-split scan (train, val) at the dataset's native range image."""
+    """Project and store every labeled-split scan (train, val) at the dataset's native range image, then the key
+    of what the cache holds (:func:`cache_key`); a rebuild first removes the old key, so that a cache whose
+    rebuild was interrupted is never used."""
     from rangecps.data.dataset import project_scan
     from rangecps.data.index import read_scan
 
+    out_dir = Path(out_dir)
+    key = cache_key(dataset_cls, Path(root), index)
+    with contextlib.suppress(FileNotFoundError):
+        (out_dir / KEY_FILE).unlink()
     written = 0
-    for split in ("train", "val"):
+    for split in CACHED_SPLITS:
         for rec in tqdm(
             index.splits.get(split, []), desc=f"cache {split}", disable=not progress, leave=False
         ):
             scan = read_scan(root, rec, dataset_cls.file_format, label_map)
             write_cached(cache_file(out_dir, rec.scan_id), scan, project_scan(scan, dataset_cls.geometry))
             written += 1
+    with atomic_write(out_dir / KEY_FILE, "w") as f:
+        json.dump(key, f, indent=1)
     return written

@@ -15,6 +15,7 @@ A sample is one scan read from disk, augmented (training only), projected and no
 | ``index``      | int                   | position in the dataset                                             |
 | ``draw``       | int                   | the key of this draw's augmentation (see ``__getitem__``)          |
 | ``scan_id``    | str                   | ``SS/NNNNNN`` or the nuScenes sample token                           |
+| ``non_finite`` | int                   | points with a NaN / infinite value (no pixel; see ``project_scan``)  |
 
 :func:`collate` stacks the images to (B, ...) and pads the per-point arrays to the longest scan of the batch
 (rows/cols -1, depth -1, labels 0), so ``num_points`` (B,) tells where each scan's points end. Training datasets
@@ -37,7 +38,7 @@ from rangecps.data.augment import Compose
 from rangecps.data.cache import augment_cached, cache_file, read_cached, usable
 from rangecps.data.encoding import InputEncoding
 from rangecps.data.index import Geometry, ScanRecord, read_scan
-from rangecps.io import Scan
+from rangecps.io import Scan, ScanFormatError
 from rangecps.labels import LabelMap
 from rangecps.projection import Projection, pixel_labels, project_rings, project_spherical
 
@@ -48,12 +49,19 @@ NORMALISED = CHANNELS[:5]
 @dataclass(frozen=True)
 class InputStats:
     """Per-channel mean and std of range, x, y, z, intensity over the training scans, and the number of training
-    points of each train class (for class weights; index 0 counts ignored points)."""
+    points of each train class (for class weights; index 0 counts ignored points).
+
+    ``split`` is the split they were computed on: ``train``, unless the root has no training scans (a root that
+    holds only the validation sequence, to evaluate a model). ``source`` is the ``files`` digest of the index
+    they were computed with (see :func:`rangecps.data.index.source_key`), so that statistics are never paired
+    with an index of other files."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
     num_scans: int = 0
     class_counts: tuple[int, ...] = ()
+    split: str = "train"
+    source: str = ""
 
     def save(self, path: str | Path) -> None:
         data = {
@@ -62,21 +70,31 @@ class InputStats:
             "std": list(self.std),
             "scans": self.num_scans,
             "class_counts": list(self.class_counts),
+            "split": self.split,
+            "source": self.source,
         }
         with atomic_write(path, "w") as f:
             json.dump(data, f, indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> InputStats:
-        data = json.loads(Path(path).read_text())
-        if data.get("channels") != list(NORMALISED) or any(s <= 0 for s in data["std"]):
-            raise ValueError(f"{path}: statistics must list channels {NORMALISED} with positive std")
-        return cls(
-            tuple(data["mean"]),
-            tuple(data["std"]),
-            int(data.get("scans", 0)),
-            tuple(int(c) for c in data.get("class_counts", ())),
-        )
+        try:
+            data = json.loads(Path(path).read_text())
+            ok = data.get("channels") == list(NORMALISED) and all(s > 0 for s in data["std"])
+            if ok:
+                return cls(
+                    tuple(float(m) for m in data["mean"]),
+                    tuple(float(s) for s in data["std"]),
+                    int(data.get("scans", 0)),
+                    tuple(int(c) for c in data.get("class_counts", ())),
+                    str(data.get("split", "train")),
+                    str(data.get("source", "")),
+                )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(
+                f"{path}: not a statistics file ({type(e).__name__}: {e}); run rangecps-prep again"
+            ) from e
+        raise ValueError(f"{path}: statistics must list channels {NORMALISED} with positive std")
 
 
 def non_finite(points: np.ndarray) -> np.ndarray:
@@ -176,10 +194,12 @@ class RangeDataset(Dataset):
         augment = self.augment is not None and self.augment.transforms
         rng = np.random.default_rng([self.seed, self.epoch, draw])
         if self.cache_dir is not None:
-            c = read_cached(cache_file(self.cache_dir, record.scan_id))
+            path = cache_file(self.cache_dir, record.scan_id)
+            c = read_cached(path)
             if c.channels.shape[1:] != (self.geometry.height, self.geometry.width):
-                raise ValueError(
-                    f"{self.cache_dir}: cached images are {c.channels.shape[1:]}, not this geometry"
+                raise ScanFormatError(
+                    f"{path}: cached image is {c.channels.shape[1]}x{c.channels.shape[2]}, not this run's "
+                    f"{self.geometry.height}x{self.geometry.width}"
                 )
             if augment:
                 c = augment_cached(c, self.augment, rng)
@@ -187,14 +207,17 @@ class RangeDataset(Dataset):
                 c.label, c.point_label = np.zeros_like(c.label), np.zeros_like(c.point_label)
             image = self.encode.encode_raw(c.channels)
             return self._sample(i, draw, image, c.label, c.rows, c.cols, c.depth, c.point_label, rng)
+        # read_scan raises ScanFormatError naming the file (a file missing or changed since prep); in a loader
+        # worker torch re-raises it in the main process, where its message is that one line again
         scan = read_scan(self.root, record, self.file_format, self.label_map)
         if augment:
             scan = self.augment(scan, rng)
         proj = project_scan(scan, self.geometry)
         labels = scan.labels if scan.labels is not None else np.zeros(scan.num_points, np.int64)
         image = self.encode(scan.points, proj)
+        bad = int(non_finite(scan.points).sum())
         return self._sample(
-            i, draw, image, pixel_labels(labels, proj), proj.rows, proj.cols, proj.depth, labels, rng
+            i, draw, image, pixel_labels(labels, proj), proj.rows, proj.cols, proj.depth, labels, rng, bad
         )
 
     def _sample(
@@ -208,6 +231,7 @@ class RangeDataset(Dataset):
         depth: np.ndarray,
         labels: np.ndarray,
         rng: np.random.Generator,
+        bad: int = 0,
     ) -> dict[str, Any]:
         """Pack the sample dict (see the module docstring) around the encoded (6, H, W) ``image``, rolling the
         columns of the images (and the points' columns) when ``roll``."""
@@ -220,8 +244,9 @@ class RangeDataset(Dataset):
             pixel_label = np.roll(pixel_label, -shift, axis=-1)
             cols = np.where(cols >= 0, (cols - shift) % width, cols)
         return pack_sample(
-            image, pixel_label, rows, cols, depth, labels, i, draw, self.records[i].scan_id, self.with_points
-        )
+            image, pixel_label, rows, cols, depth, labels, i, draw, self.records[i].scan_id, self.with_points,
+            non_finite=bad,
+        )  # fmt: skip
 
 
 def pack_sample(
@@ -235,6 +260,7 @@ def pack_sample(
     draw: int,
     scan_id: str,
     with_points: bool = True,
+    non_finite: int = 0,
 ) -> dict[str, Any]:
     """The sample dict of the module docstring around an encoded ``(6, H, W)`` image: what datasets and
     :class:`rangecps.data.pipeline.ScanPipeline` (inference on bare points) both hand to :func:`collate`."""
@@ -246,6 +272,7 @@ def pack_sample(
         "index": index,
         "draw": draw,
         "scan_id": scan_id,
+        "non_finite": int(non_finite),
     }
     if with_points:
         sample["rows"] = torch.from_numpy(rows.astype(np.int64))
@@ -288,4 +315,5 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     out["index"] = torch.tensor([s["index"] for s in samples])
     out["draw"] = torch.tensor([s["draw"] for s in samples])
     out["scan_id"] = [s["scan_id"] for s in samples]
+    out["non_finite"] = torch.tensor([s.get("non_finite", 0) for s in samples])
     return out

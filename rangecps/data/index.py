@@ -7,15 +7,20 @@ that training and evaluation start without walking folders or loading the devkit
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from rangecps.atomic import atomic_write
 from rangecps.io import Scan, read_kitti_labels, read_kitti_points, read_lidarseg, read_nuscenes_points
 from rangecps.labels import LabelMap
 
 INDEX_VERSION = 1
+# Version of the record of what made an index (``DatasetIndex.source``); an index with another one is made again.
+SOURCE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -60,11 +65,18 @@ class ScanRecord:
 
 @dataclass
 class DatasetIndex:
-    """The scans of one dataset root, split by split."""
+    """The scans of one dataset root, split by split.
+
+    ``source`` records what made the index (see :func:`source_key`): prep sets it, and readers of a saved index
+    compare it with the root as it is now, so that an index (and what was computed from it: statistics, cached
+    range images) is never used for files it was not made from. None: not known (an index just built, or one
+    saved by an older rangecps).
+    """
 
     dataset: str
     root: Path
     splits: dict[str, list[ScanRecord]]
+    source: dict[str, Any] | None = None
 
     def ids(self, split: str) -> list[str]:
         return [r.scan_id for r in self.split(split)]
@@ -84,6 +96,8 @@ class DatasetIndex:
                 k: [[r.scan_id, r.points, r.labels, r.token] for r in v] for k, v in self.splits.items()
             },
         }
+        if self.source is not None:
+            data["source"] = self.source
         with atomic_write(path, "w") as f:
             json.dump(data, f)
 
@@ -98,8 +112,85 @@ class DatasetIndex:
             raise ValueError(
                 f"{path}: index version {data.get('version')} != {INDEX_VERSION}; run rangecps-prep again"
             )
-        splits = {k: [ScanRecord(*row) for row in v] for k, v in data["splits"].items()}
-        return cls(dataset=data["dataset"], root=Path(root), splits=splits)
+        try:
+            splits = {k: [ScanRecord(*row) for row in v] for k, v in data["splits"].items()}
+            dataset, source = str(data["dataset"]), data.get("source")
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(
+                f"{path}: not a dataset index ({type(e).__name__}: {e}); run rangecps-prep again"
+            ) from e
+        return cls(dataset=dataset, root=Path(root), splits=splits, source=source)
+
+
+def label_sources(index: DatasetIndex) -> dict[str, str]:
+    """Where each split's labels come from: the label folder (``labels``, ``scribbles``, ``lidarseg/v1.0-mini``),
+    sequence folders left out; ``""`` for a split without labels."""
+    out = {}
+    for split, records in index.splits.items():
+        folders = set()
+        for r in records:
+            if r.labels is not None:
+                parts = PurePosixPath(r.labels).parent.parts
+                folders.add("/".join(parts[2:] if parts[:1] == ("sequences",) else parts))
+        out[split] = ", ".join(sorted(folders))
+    return out
+
+
+def records_digest(splits: dict[str, list[ScanRecord]]) -> str:
+    """A digest of the records of every split (ids, paths, tokens)."""
+    h = hashlib.sha256()
+    for split in sorted(splits):
+        for r in splits[split]:
+            h.update(f"{split}\0{r.scan_id}\0{r.points}\0{r.labels}\0{r.token}\n".encode())
+    return h.hexdigest()
+
+
+def files_digest(root: str | Path, index: DatasetIndex) -> str:
+    """A digest of the size and modification time of every file the index names (missing files included)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for split in sorted(index.splits):
+        for r in index.splits[split]:
+            for rel in (r.points, r.labels):
+                if rel is None:
+                    continue
+                try:
+                    st = os.stat(root / rel)
+                    h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                except OSError:
+                    h.update(f"{rel}\0missing\n".encode())
+    return h.hexdigest()
+
+
+def source_key(dataset_cls: type, root: str | Path, index: DatasetIndex) -> dict[str, Any]:
+    """What made ``index`` of ``root``: the dataset kind, its label map, each split's label source, the layout
+    (``dataset_cls.layout_stamp``: which scans exist) and the sizes and modification times of every indexed
+    file. Two keys are equal only if the index, and everything computed from it, still describes the root."""
+    return {
+        "version": SOURCE_VERSION,
+        "dataset": dataset_cls.name,
+        "label_map": dataset_cls.label_map,
+        "labels": label_sources(index),
+        "scans": {split: len(records) for split, records in index.splits.items()},
+        "layout": dataset_cls.layout_stamp(root),
+        "files": files_digest(root, index),
+    }
+
+
+def stale_reason(dataset_cls: type, root: str | Path, index: DatasetIndex) -> str | None:
+    """Why a saved ``index`` does not describe ``root`` for ``dataset_cls`` any more, or None when it does."""
+    src = index.source
+    if index.dataset != dataset_cls.name:
+        return f"it indexes {index.dataset}, not {dataset_cls.name}"
+    if not isinstance(src, dict) or src.get("version") != SOURCE_VERSION:
+        return "it was made by an older rangecps and does not record what it was made from"
+    if src.get("dataset") != dataset_cls.name or src.get("label_map") != dataset_cls.label_map:
+        return f"it was made for {src.get('dataset')} (label map {src.get('label_map')})"
+    if src.get("layout") != dataset_cls.layout_stamp(root):
+        return f"scans were added to or removed from {root} since it was made"
+    if src.get("files") != files_digest(root, index):
+        return f"files under {root} changed since it was made (sizes or modification times differ)"
+    return None
 
 
 def read_scan(root: Path, record: ScanRecord, file_format: str, label_map: LabelMap | None) -> Scan:

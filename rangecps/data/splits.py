@@ -42,21 +42,45 @@ class LabeledSplit:
     source: str
 
 
-def parse_ratio(text: str | float) -> float:
-    """``"10%"`` -> 0.1, ``"0.1"`` -> 0.1, ``"100%"`` -> 1.0. Raises ValueError outside (0, 1]."""
+def _read_share(text: str | float, where: str) -> tuple[float, str]:
+    """The labeled share ``text`` as a ratio in (0, 1] and as a percentage (``"10%"``); ValueError naming
+    ``where`` otherwise. A bare number is a fraction only below 1: ``"0.1"`` is 10 %, while ``"10"`` (10 %? 1000 %?)
+    and ``"1"`` (1 %? 100 %?) are refused as ambiguous."""
+    if isinstance(text, bool):
+        raise ValueError(f"{where} {text!r}: expected a percentage such as 10%")
     if isinstance(text, int | float):
-        value = float(text)
+        value, percent = float(text), float(text) * 100.0
     else:
         s = str(text).strip()
         try:
-            value = float(s[:-1]) / 100.0 if s.endswith("%") else float(s)
+            number = float(s[:-1]) if s.endswith("%") else float(s)
         except ValueError:
+            raise ValueError(f"{where} {text!r}: expected a percentage such as 10%") from None
+        if s.endswith("%"):
+            value, percent = number / 100.0, number
+        elif number >= 1.0:  # "1", "10", "50": a percentage without its sign, or a fraction above 1?
+            example = "1% or 100%" if number == 1.0 else f"{number:g}%"
             raise ValueError(
-                f"labeled share {text!r}: expected a percentage like '10%' or a fraction"
-            ) from None
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"labeled share {text!r} must lie in (0%, 100%]")
-    return value
+                f"{where} {s}: a bare number is ambiguous; write the labeled share as a percentage such as "
+                f"{example} (a bare number below 1 is a fraction: 0.1 means 10%)"
+            )
+        else:
+            value, percent = number, number * 100.0
+    if not 0.0 < value <= 1.0:  # "not" so that NaN is refused too
+        raise ValueError(f"{where} {text}: the labeled share must lie in (0%, 100%]")
+    return value, f"{round(percent, 6):g}%"
+
+
+def parse_ratio(text: str | float, where: str = "labeled share") -> float:
+    """``"10%"`` -> 0.1, ``"0.1"`` -> 0.1, ``"100%"`` -> 1.0. Raises ValueError outside (0, 1] and for a bare
+    number >= 1 in text (``"10"``, ``"1"``: ambiguous); the message names ``where`` (e.g. ``--labels``)."""
+    return _read_share(text, where)[0]
+
+
+def canonical_share(text: str | float, where: str = "labeled share") -> str:
+    """The labeled share as a percentage (``"0.1"``, ``" 10 %"``, ``"10.0%"`` -> ``"10%"``), as ``data.labels``
+    and the keys of ``train.epochs_by_labels`` are recorded and compared; ValueError as :func:`parse_ratio`."""
+    return _read_share(text, where)[1]
 
 
 def published_list_name(dataset: str, ratio: float) -> str | None:

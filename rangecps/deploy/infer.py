@@ -8,20 +8,21 @@ trained on KITTI-format data, ``predictions/<scan>.bin`` (nuScenes lidarseg uint
 ``.npy`` (``--format npy``: dataset ids, or train ids with ``--train-ids``); ``renders/<scan>.png`` with
 ``--render`` (the range image's channels and the prediction); and ``summary.json`` (scans, points, non-finite
 points, class shares, milliseconds per scan). The folder is built beside ``--out`` and renamed into place when
-complete, so a failed or interrupted run leaves no half-written folder; an existing non-empty ``--out`` is
-refused unless ``--overwrite``.
+complete (:class:`rangecps.eval.submit.StagedFolder`), so a failed or interrupted run leaves no half-written folder
+and an earlier one as it was; an existing non-empty ``--out`` is refused unless ``--overwrite``, and a second
+``rangecps-infer`` writing to the same ``--out`` at once is refused (the folder's lock). A full disk or a folder that
+cannot be written is one line naming the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from tqdm import tqdm
 
 from rangecps.atomic import atomic_write
 from rangecps.deploy.sources import InputScan, iter_scans
+from rangecps.eval.submit import StagedFolder, check_out_folder
+from rangecps.folders import FolderInUse
 from rangecps.io import write_kitti_labels, write_lidarseg
 
 EXTENSIONS = {"kitti": ".label", "nuscenes": ".bin", "npy": ".npy"}
@@ -42,7 +45,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", type=Path, help="run folder, checkpoint (.pt) or exported model (.onnx)")
     p.add_argument("inputs", nargs="+", type=Path, help="scan files, folders of them, or bags")
-    p.add_argument("--out", type=Path, required=True, help="results folder (must not exist or be empty)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="results folder (must not exist or be empty, unless --overwrite)",
+    )
     p.add_argument("--topic", default=None, help="PointCloud2 topic of the bags (default: their only one)")
     p.add_argument(
         "--format",
@@ -61,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--render", action="store_true", help="also write a PNG of each scan's range image")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -96,8 +104,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     out: Path = args.out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise FileExistsError(f"{out}: exists and is not empty; choose another --out or pass --overwrite")
+    keep = [("the model", args.model), ("the current folder", Path.cwd())]
+    keep += [("the input", p) for p in args.inputs]
+    check_out_folder(out, args.overwrite, "choose another --out or pass --overwrite to replace them", keep)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", GeometryWarning)
         knn = False if args.no_knn else None
@@ -119,13 +128,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         label_map = load_label_map(seg.pipeline.label_map)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "predictions").mkdir(parents=True)
     counts = np.zeros(seg.num_classes, np.int64)
     seconds, sources, names = 0.0, [], set()
-    try:
+    with StagedFolder(out, "rangecps-infer run") as stage:
+        staging = stage.path
+        (staging / "predictions").mkdir()
         bar = tqdm(desc="infer", unit="scan", disable=args.no_progress, dynamic_ncols=True)
         for batch in _batches(iter_scans([str(p) for p in args.inputs], args.topic), args.batch_size):
             start = time.perf_counter()
@@ -139,14 +146,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 names.add(scan.name)
                 counts += np.bincount(train_ids, minlength=seg.num_classes)
                 ids = train_ids if args.train_ids else seg.pipeline.to_raw(train_ids)
-                write_prediction(staging / "predictions", scan.name, ids, fmt)
+                with _naming(out / "predictions" / f"{scan.name}{EXTENSIONS[fmt]}"):
+                    write_prediction(staging / "predictions", scan.name, ids, fmt)
                 if label_map is not None:
                     from rangecps.vis.images import range_strip, write_png
 
-                    (staging / "renders").mkdir(exist_ok=True)
                     image = range_strip(scan.points, scan.ring, seg.pipeline.geometry, pred=train_ids,
                                         label_map=label_map)  # fmt: skip
-                    write_png(staging / "renders" / f"{scan.name}.png", image)
+                    with _naming(out / "renders" / f"{scan.name}.png"):
+                        (staging / "renders").mkdir(exist_ok=True)
+                        write_png(staging / "renders" / f"{scan.name}.png", image)
                 sources.append({"name": scan.name, "source": scan.source, "points": len(train_ids)})
             bar.update(len(batch))
         bar.close()
@@ -172,22 +181,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "device": str(seg.device),
             "scans_written": sources,
         }
-        with atomic_write(staging / "summary.json", "w") as f:
+        with _naming(out / "summary.json"), atomic_write(staging / "summary.json", "w") as f:
             json.dump(summary, f, indent=1)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with _naming(out):
+            stage.publish()
     return summary
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` of the block (disk full, ...) as one naming ``path``, the file as it will be named
+    in ``--out`` (not the staging folder's), adding that nothing was written."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror or e}; nothing written to --out", str(path)) from None
 
 
 def infer_main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         summary = run(args)
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
+    except (ValueError, ImportError, FolderInUse) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a missing input, an existing --out, a full disk, a read-only folder
+        print(f"error: {f'{e.filename}: {e.strerror}' if e.filename and e.strerror else e}", file=sys.stderr)
         return 2
     top = sorted(summary["class_shares"].items(), key=lambda kv: -kv[1])[:5]
     print(

@@ -20,9 +20,17 @@ teacher). ``--net`` picks another (``b``, ``student``), ``--net ensemble`` avera
 probabilities. Every report names the net, and the default results folder is ``<run>/eval_<split>_<net>``.
 
 Pixel predictions are the argmax over classes 1..K-1: the ignore class is never predicted. Points without a pixel
-(a zero-range point; prep rejects non-finite ones) cannot be placed in the image: they take the class the scan's
-occupied pixels predict most often, the same label in the metrics and in the written files, and ``metrics.json``
-counts them (``points_without_pixel``).
+(a zero-range point, or one with a NaN or infinite coordinate or intensity: prep rejects those, but a scan file can
+change after prep) cannot be placed in the image: they take the class the scan's occupied pixels predict most
+often, the same label in the metrics and in the written files, and ``metrics.json`` counts them
+(``points_without_pixel``; of those, ``non_finite_points`` had a non-finite value, which the report prints).
+
+The results folder is all-or-nothing. It is built in a hidden sibling ``.<name>.partial-<pid>`` under the lock of
+the folder (a second evaluation writing there at once is refused) and moved into place when complete, with
+``manifest.json`` (checkpoint, step, revision, scans, files, ``"complete": true``) written last; ``rangecps-vis``
+refuses prediction trees without one. The default folder ``<run>/eval_<split>_<net>`` is the tool's own: a
+complete new evaluation replaces it (predictions of the earlier one included). Any other ``--out`` that holds
+something is refused unless ``--overwrite``.
 
 Memory does not grow with the split: scans stream through a DataLoader, only ``(K, K)`` matrices accumulate, and
 predictions are written scan by scan (see :mod:`rangecps.eval.submit` for the layouts).
@@ -31,6 +39,8 @@ predictions are written scan by scan (see :mod:`rangecps.eval.submit` for the la
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +55,12 @@ from rangecps.checkpoint import code_revision, load_checkpoint
 from rangecps.config import Config, ConfigError, from_dict, parse_override, to_dict
 from rangecps.data.build import DataBundle, build_data
 from rangecps.data.dataset import RangeDataset, collate
+from rangecps.data.pipeline import ScanPipeline
 from rangecps.device import precision
 from rangecps.eval.metrics import ConfusionMatrix, official_convention
 from rangecps.eval.predict import knn_settings, net_forward, segment_batch
 from rangecps.eval.report import LEVELS, level_dict
-from rangecps.eval.submit import make_writer
+from rangecps.eval.submit import PREDICTION_TREES, StagedFolder, check_out_folder, make_writer, write_manifest
 from rangecps.methods import METHODS
 from rangecps.models import build_model
 
@@ -156,6 +167,10 @@ def _open_split(run: LoadedRun, split: str, write: bool) -> tuple[DataBundle, Ra
             f"{run.path}: trained on classes {trained}, but {cfg.data.dataset} has {data.label_map.names}"
         )
     dataset = data.dataset(split)
+    if "pipeline" in run.state["derived"]:
+        # Normalise with the statistics the network was trained with, which the checkpoint holds, not with the
+        # root's statistics of today (a root prepared again, or one without training scans, has others).
+        dataset.encode = ScanPipeline.from_dict(run.state["derived"]["pipeline"]).encoding
     if not dataset.records:
         raise ValueError(f"{data.root}: split '{split}' holds no scans")
     labeled = sum(r.labels is not None for r in dataset.records)
@@ -166,6 +181,34 @@ def _open_split(run: LoadedRun, split: str, write: bool) -> tuple[DataBundle, Ra
     if not labeled and not write:
         raise ValueError(f"split '{split}' has no labels: pass --write-predictions or --submission")
     return data, dataset, labeled > 0
+
+
+class ResultsNotWritten(RuntimeError):
+    """An evaluation finished, but some of its outputs could not be written where asked. ``result`` holds the
+    metrics (what ``metrics.json`` would hold); the message names each file that failed and where the metrics
+    went instead."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as one line without its file name (the caller names the file)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _save_elsewhere(result: dict[str, Any]) -> Path | None:
+    """``metrics.json`` in a new temporary folder (the results folder could not take it), or None."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="rangecps-eval-"))
+        with atomic_write(folder / "metrics.json", "w") as f:
+            json.dump({k: v for k, v in result.items() if k != "replaced"}, f, indent=1)
+        return folder / "metrics.json"
+    except OSError:
+        return None
 
 
 def evaluate(
@@ -181,6 +224,7 @@ def evaluate(
     num_workers: int | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (a file or a run folder) on ``split``; returns what ``metrics.json`` holds.
 
@@ -188,11 +232,21 @@ def evaluate(
         knn: run the kNN post-processing (None: the config's ``eval.knn``).
         net: a net of the checkpoint (``a``, ``b``, ``student``, ``teacher``) or ``ensemble``; None: net a for
             sup_only and CPS runs, the teacher for Mean Teacher and LaserMix runs.
-        out: results folder (default ``<run>/eval_<split>_<net>``); receives ``metrics.json`` and, when asked,
-            predictions in the official layout (kNN labels with ``knn``) and ``submission.zip``.
+        out: results folder (default ``<run>/eval_<split>_<net>``); receives ``metrics.json``, when asked
+            predictions in the official layout (kNN labels with ``knn``) and ``submission.zip``, and last
+            ``manifest.json``.
         overrides: ``section.key=value`` changes to the checkpoint's config (e.g. ``data.root=...``).
         num_workers: DataLoader workers (None: the config's ``data.num_workers``).
         device: default CUDA when available, else CPU.
+        overwrite: replace an ``out`` folder that holds anything. The default folder is the tool's own: a complete
+            new evaluation replaces it without asking.
+
+    The results folder is all-or-nothing: everything is written into a hidden sibling staging folder and moved
+    into place when complete (see :class:`rangecps.eval.submit.StagedFolder`), under ``out``'s lock, so an
+    evaluation that fails or is killed leaves the earlier folder as it was. When predictions or the archive
+    cannot be written (disk full, ...), the evaluation still completes and ``metrics.json`` is written without
+    them; when ``metrics.json`` itself cannot be written it goes to a temporary folder. Either way
+    :class:`ResultsNotWritten` is raised, carrying the result.
 
     A split without labels (test) gives no metrics, only predictions: it needs ``write_predictions`` or
     ``submission``; ``"levels"`` is empty then and no ``metrics.json`` is written.
@@ -206,8 +260,15 @@ def evaluate(
     knn = cfg.eval.knn if knn is None else knn
     write = write_predictions or submission
     data, dataset, has_labels = _open_split(run, split, write)
-    out_dir = Path(out) if out is not None else run.path.parent / f"eval_{split}_{net}"
-    writer = make_writer(dataset.file_format, out_dir, data.label_map, data.root, split) if write else None
+    default_dir = run.path.parent / f"eval_{split}_{net}"
+    out_dir = Path(out) if out is not None else default_dir
+    own = out_dir.resolve() == default_dir.resolve()  # the tool's own folder: replaced without asking
+    keep = [("the checkpoint", run.path), ("the dataset root", data.root), ("the current folder", Path.cwd())]
+    earlier = check_out_folder(
+        out_dir, overwrite or own, "choose another --out or pass --overwrite to replace them", keep
+    )
+    if write:  # refuses a label map without a submission layout before anything runs
+        make_writer(dataset.file_format, out_dir, data.label_map, data.root, split)
 
     k, names = data.num_classes, list(data.label_map.names)
     convention = official_convention(cfg.data.dataset)
@@ -221,62 +282,112 @@ def evaluate(
     loader = torch.utils.data.DataLoader(
         dataset, batch_size, num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda"
     )
-    no_pixel = 0
-    start = time.perf_counter()
-    forward = net_forward(nets, amp, channels_last)
-    for batch in tqdm(loader, desc=f"eval {split} ({net})", disable=not progress, dynamic_ncols=True):
-        pred, mask, scans = segment_batch(forward, batch, device, k, knn_params if knn else None)
-        if has_labels:
-            cms["range_pixel"].update(batch["label"].to(device)[mask], pred[mask])
-        for b, scan in enumerate(scans):
-            n = int(batch["num_points"][b])
-            no_pixel += scan.without_pixel
-            if has_labels:
-                gt = batch["point_label"][b, :n].to(device)
-                cms["point"].update(gt, scan.plain)
-                if scan.voted is not None:
-                    cms["point_knn"].update(gt, scan.voted)
-            if writer is not None:
-                writer.write(dataset.records[int(batch["index"][b])], scan.labels.cpu().numpy(), n)
-    seconds = time.perf_counter() - start
+    problems: list[str] = []
+    with StagedFolder(out_dir, "evaluation") as stage:
 
-    result: dict[str, Any] = {
-        "checkpoint": str(run.path),
-        "step": run.step,
-        "revision": run.revision,
-        "eval_revision": code_revision(),
-        "method": cfg.train.method,
-        "model": cfg.model.name,
-        "dataset": cfg.data.dataset,
-        "root": str(data.root),
-        "split": split,
-        "scans": len(dataset),
-        "net": net,
-        "net_names": list(held),
-        "nets_in_checkpoint": len(run.nets),
-        "knn": {"enabled": knn, **knn_params},
-        "image": {"height": data.geometry.height, "width": data.geometry.width},
-        "class_names": names,
-        "headline": ("point_knn" if knn else "point") if has_labels else None,
-        "points_without_pixel": no_pixel,
-        "miou_convention": convention,
-        "levels": {lv: level_dict(cm, names, LEVELS[lv], convention) for lv, cm in cms.items()}
-        if has_labels
-        else {},
-        "device": str(device),
-        "precision": prec.record(),
-        "seconds": round(seconds, 3),
-        "seconds_per_scan": round(seconds / len(dataset), 4),
-        "out_dir": str(out_dir),
-    }
-    if writer is not None and submission:
-        description = {
-            "method name": f"rangecps {cfg.model.name} {cfg.train.method}",
-            "method description": f"range-view {cfg.model.name} trained with {cfg.train.method} on "
-            f"{cfg.data.labels} labels; net {net}; kNN post-processing {'on' if knn else 'off'}",
+        def shown(path: Path) -> Path:  # a staging path as it will be named once in place
+            return out_dir / path.relative_to(stage.path)
+
+        writer = (
+            make_writer(dataset.file_format, stage.path, data.label_map, data.root, split) if write else None
+        )
+        no_pixel = non_finite = 0
+        start = time.perf_counter()
+        forward = net_forward(nets, amp, channels_last)
+        for batch in tqdm(loader, desc=f"eval {split} ({net})", disable=not progress, dynamic_ncols=True):
+            pred, mask, scans = segment_batch(forward, batch, device, k, knn_params if knn else None)
+            if has_labels:
+                cms["range_pixel"].update(batch["label"].to(device)[mask], pred[mask])
+            if "non_finite" in batch:
+                non_finite += int(batch["non_finite"].sum())
+            for b, scan in enumerate(scans):
+                n = int(batch["num_points"][b])
+                no_pixel += scan.without_pixel
+                if has_labels:
+                    gt = batch["point_label"][b, :n].to(device)
+                    cms["point"].update(gt, scan.plain)
+                    if scan.voted is not None:
+                        cms["point_knn"].update(gt, scan.voted)
+                if writer is not None:
+                    record = dataset.records[int(batch["index"][b])]
+                    try:
+                        writer.write(record, scan.labels.cpu().numpy(), n)
+                    except (OSError, ValueError) as e:  # no half tree: drop it, keep evaluating
+                        problems.append(f"{shown(writer.path(record))}: {_reason(e)}; no predictions written")
+                        writer = None
+                        for tree in PREDICTION_TREES:
+                            shutil.rmtree(stage.path / tree, ignore_errors=True)
+        seconds = time.perf_counter() - start
+
+        result: dict[str, Any] = {
+            "checkpoint": str(run.path),
+            "step": run.step,
+            "revision": run.revision,
+            "eval_revision": code_revision(),
+            "method": cfg.train.method,
+            "model": cfg.model.name,
+            "dataset": cfg.data.dataset,
+            "root": str(data.root),
+            "split": split,
+            "scans": len(dataset),
+            "net": net,
+            "net_names": list(held),
+            "nets_in_checkpoint": len(run.nets),
+            "knn": {"enabled": knn, **knn_params},
+            "image": {"height": data.geometry.height, "width": data.geometry.width},
+            "class_names": names,
+            "headline": ("point_knn" if knn else "point") if has_labels else None,
+            "points_without_pixel": no_pixel,
+            "non_finite_points": non_finite,
+            "miou_convention": convention,
+            "levels": {lv: level_dict(cm, names, LEVELS[lv], convention) for lv, cm in cms.items()}
+            if has_labels
+            else {},
+            "device": str(device),
+            "precision": prec.record(),
+            "seconds": round(seconds, 3),
+            "seconds_per_scan": round(seconds / len(dataset), 4),
+            "out_dir": str(out_dir),
         }
-        result["submission"] = [str(p) for p in writer.finish(description)]
-    if has_labels:
-        with atomic_write(out_dir / "metrics.json", "w") as f:
-            json.dump(result, f, indent=1)
+        if writer is not None and submission:
+            description = {
+                "method name": f"rangecps {cfg.model.name} {cfg.train.method}",
+                "method description": f"range-view {cfg.model.name} trained with {cfg.train.method} on "
+                f"{cfg.data.labels} labels; net {net}; kNN post-processing {'on' if knn else 'off'}",
+            }
+            try:
+                result["submission"] = [str(shown(p)) for p in writer.finish(description)]
+            except (OSError, ValueError) as e:
+                problems.append(f"{out_dir / 'submission.zip'}: {_reason(e)}; no submission written")
+        result["predictions"] = writer is not None
+        complete = True  # metrics.json written, when there are metrics
+        if has_labels:
+            try:
+                with atomic_write(stage.path / "metrics.json", "w") as f:
+                    json.dump(result, f, indent=1)
+            except OSError as e:
+                problems.append(f"{out_dir / 'metrics.json'}: {_reason(e)}")
+                complete = False
+        # A folder with nothing new in it (no metrics, no predictions) does not replace the earlier one.
+        if complete and (has_labels or writer is not None):
+            info = {key: result[key] for key in ("checkpoint", "step", "revision", "eval_revision", "net")}
+            info.update(tool="rangecps-eval", split=split, scans=len(dataset), knn=knn)
+            try:
+                write_manifest(stage.path, {**info, "predictions": writer is not None})
+                stage.publish()
+            except OSError as e:
+                problems.append(f"{out_dir}: {_reason(e)}; the folder was left as it was")
+                complete = False
+        result["replaced"] = earlier and stage.published
+    if not complete and has_labels:
+        elsewhere = _save_elsewhere(result)
+        problems.append(
+            f"metrics.json written to {elsewhere} instead"
+            if elsewhere
+            else "metrics.json could not be written anywhere: the report above holds the metrics"
+        )
+    elif problems and has_labels:
+        problems.append(f"metrics.json written to {out_dir}")
+    if problems:
+        raise ResultsNotWritten("; ".join(problems), result)
     return result

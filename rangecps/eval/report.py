@@ -51,8 +51,14 @@ def format_report(result: dict[str, Any]) -> str:
     names = result.get("net_names", ["a", "b"])
     net = f"ensemble of nets {' and '.join(names)}" if result["net"] == "ensemble" else f"net {result['net']}"
     levels = result["levels"]
+    notes = non_finite_note(result)
     if not levels:
-        return f"{result['split']}: {result['scans']} scans predicted with {net} (no labels, no metrics)"
+        return "\n".join(
+            [
+                f"{result['split']}: {result['scans']} scans predicted with {net} (no labels, no metrics)",
+                *notes,
+            ]
+        )
     head = levels[result["headline"]]
     names = result["class_names"]
 
@@ -84,4 +90,15 @@ def format_report(result: dict[str, Any]) -> str:
             if _pct(v["miou"]) != _pct(v["miou_other"]):
                 line += f"   ({_short(v['miou_other_convention'])}: {_pct(v['miou_other'])})"
             lines.append(line)
-    return "\n".join(lines)
+    return "\n".join(lines + notes)
+
+
+def non_finite_note(result: dict[str, Any]) -> list[str]:
+    """A line on the points with a NaN or infinite value, when the evaluation met any."""
+    count = int(result.get("non_finite_points") or 0)
+    if count <= 0:
+        return []
+    return [
+        f"{count} points with a NaN or infinite value (non_finite_points): no pixel, so each took the class its "
+        "scan's pixels predict most often"
+    ]

@@ -8,8 +8,9 @@ Commands::
 
 ``scan`` reads one file (formats and prediction ids: :mod:`rangecps.vis.scans`). ``dataset`` steps through a split
 in scan order; with ``--run RUN_DIR`` it shows the predictions of the newest ``RUN_DIR/eval_<split>_*`` folder that
-``rangecps-eval RUN_DIR --split <split> --write-predictions`` filled (``--pred-dir`` names such a folder); scans
-without a prediction file are shown without one. ``run`` writes ``curves.png`` and ``confusion.png``.
+``rangecps-eval RUN_DIR --split <split> --write-predictions`` filled (``--pred-dir`` names such a folder); a folder
+without the complete ``manifest.json`` a finished evaluation writes is refused. Scans without a prediction file are
+shown without one. ``run`` writes ``curves.png`` and ``confusion.png``.
 
 With ``--save``, or without a display (neither ``DISPLAY`` nor ``WAYLAND_DISPLAY`` set), the view is rendered off
 screen into a PNG: ``--save``, else ``<scan>_<mode>.png`` in the current folder; ``dataset`` renders scan
@@ -23,15 +24,25 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from rangecps.vis.images import range_strip, strip_bands, write_png
 from rangecps.vis.runplots import plot_run
 from rangecps.vis.scans import COLOR_MODES, GEOMETRY, ViewScan, load_scan, open_dataset
 from rangecps.vis.viewer import BACKGROUNDS, RenderSettings, Stepper, has_display, render_scan, show
 
 
+def _save_png(path: Path, image: np.ndarray) -> None:
+    """:func:`write_png`; an ``OSError`` (read-only folder, full disk) names ``path``, not a temporary file."""
+    try:
+        write_png(path, image)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
 def _render_to_file(scan: ViewScan, mode: str, settings: RenderSettings, out: Path | None) -> Path:
     out = out or Path(f"{scan.name.replace('/', '_').removesuffix('.bin')}_{mode}.png")
-    write_png(out, render_scan(scan, mode, settings))
+    _save_png(out, render_scan(scan, mode, settings))
     print(f"wrote {out} ({settings.width} x {settings.height}, {mode})")
     return out
 
@@ -50,8 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     view.add_argument("--height", type=int, default=900, help="window / picture height in pixels")
     view.add_argument("--view", choices=("chase", "bev"), default="chase", help="camera: chase or bird's-eye")
     view.add_argument("--radius", type=float, default=30.0, help="half the visible height in m (default 30)")
-    view.add_argument("--point-size", type=float, default=2.0)
-    view.add_argument("--background", choices=tuple(BACKGROUNDS), default="black")
+    view.add_argument("--point-size", type=float, default=2.0, help="point size in pixels (default 2)")
+    view.add_argument(
+        "--background", choices=tuple(BACKGROUNDS), default="black", help="background colour (default black)"
+    )
     scan = sub.add_parser("scan", parents=[view], help="one scan file (.bin KITTI, .pcd.bin nuScenes)")
     scan.add_argument("path", type=Path, help="SemanticKITTI .bin or nuScenes .pcd.bin")
     scan.add_argument(
@@ -72,12 +85,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     data = sub.add_parser("dataset", parents=[view], help="step through a split (keys N/P, G/R/E, D/I)")
     data.add_argument("root", type=Path, help="dataset root")
-    data.add_argument("--split", default="val")
+    data.add_argument("--split", default="val", help="split to step through (default val)")
     data.add_argument("--dataset", default=None, help="default: the run's dataset, else from the layout")
     data.add_argument(
-        "--run", type=Path, default=None, help="run folder whose eval_<split>_*/ predictions to show"
+        "--run",
+        type=Path,
+        default=None,
+        help="run folder whose newest complete eval_<split>_*/ predictions to show",
     )
-    data.add_argument("--pred-dir", type=Path, default=None, help="rangecps-eval results folder to read")
+    data.add_argument(
+        "--pred-dir",
+        type=Path,
+        default=None,
+        help="rangecps-eval results folder to read (refused without its complete manifest.json)",
+    )
     data.add_argument("--start", type=int, default=0, help="index of the first scan shown (or rendered)")
     run = sub.add_parser("run", help="training curves and confusion matrix PNGs of a run folder")
     run.add_argument("run_dir", type=Path, help="a rangecps-train run folder")
@@ -107,7 +128,7 @@ def vis_main(argv: list[str] | None = None) -> int:
                 strip = range_strip(
                     scan.points, scan.ring, GEOMETRY[scan.file_format], scan.labels, scan.pred, scan.label_map
                 )
-                write_png(args.strip, strip)
+                _save_png(args.strip, strip)
                 bands = ", ".join(strip_bands(scan.labels is not None, scan.pred is not None))
                 print(f"wrote {args.strip} ({strip.shape[1]} x {strip.shape[0]}; bands: {bands})")
                 if args.save is None:
@@ -127,8 +148,11 @@ def vis_main(argv: list[str] | None = None) -> int:
             _render_to_file(stepper.scan, stepper.mode, settings, args.save)
         else:
             show(stepper, settings)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError, ImportError) as e:
+    except (ValueError, KeyError, RuntimeError, ImportError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a missing file, a folder that cannot be written, a full disk: one line naming it
+        print(f"error: {f'{e.filename}: {e.strerror}' if e.filename and e.strerror else e}", file=sys.stderr)
         return 2
     return 0
 

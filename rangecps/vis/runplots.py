@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,9 +91,7 @@ def plot_curves(records: list[dict[str, float]], out: str | Path, title: str = "
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_write(out, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    _save(fig, out, 100)
     return Path(out)
 
 
@@ -156,10 +155,21 @@ def plot_confusion(matrix: np.ndarray, names: list[str], out: str | Path, title:
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the ground-truth class")
     ax.set_title(title or "confusion matrix (row-normalised)", fontsize=9)
     fig.tight_layout()
-    with atomic_write(out, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    _save(fig, out, 110)
     return Path(out)
+
+
+def _save(fig: Any, out: str | Path, dpi: int) -> None:
+    """Write ``fig`` as a PNG atomically and close it; an ``OSError`` (read-only folder, full disk) names ``out``."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_write(out, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(out)) from None
+    finally:
+        plt.close(fig)
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[list[Path], list[str]]:

@@ -7,8 +7,11 @@ the 16 challenge classes 1..16 (train ids); ``ids="raw"`` reads nuScenes fine id
 ids instead.
 
 Predictions of a split come from a ``rangecps-eval --write-predictions`` results folder (by default the newest
-``<run>/eval_<split>_*``), at the paths :mod:`rangecps.eval.submit` writes:
-``sequences/SS/predictions/NNNNNN.label`` (KITTI) or ``lidarseg/<eval set>/<token>_lidarseg.bin`` (nuScenes).
+``<run>/eval_<split>_*`` holding predictions), at the paths :mod:`rangecps.eval.submit` writes:
+``sequences/SS/predictions/NNNNNN.label`` (KITTI) or ``lidarseg/<eval set>/<token>_lidarseg.bin`` (nuScenes). Such
+a folder must end with a complete ``manifest.json`` (what every finished evaluation writes last): a tree without
+one may come from an evaluation that failed or mix two, and is refused, by folder and file alike
+(:func:`rangecps.eval.submit.check_prediction_file`). Prediction files of other tools are read as they are.
 """
 
 from __future__ import annotations
@@ -78,11 +81,15 @@ def read_labels(path: str | Path, file_format: str, label_map: LabelMap, num_poi
 def read_predictions(
     path: str | Path, file_format: str, label_map: LabelMap, num_points: int, ids: str = "auto"
 ) -> np.ndarray:
-    """A prediction file -> ``(N,) int64`` train ids.
+    """A prediction file -> ``(N,) int64`` train ids. A file of a rangecps-eval results folder without a
+    complete ``manifest.json`` (or not listed in it) is refused (:class:`~rangecps.eval.submit.IncompleteResults`).
 
     Args:
         ids: ``auto`` (KITTI raw ids, nuScenes challenge classes: what submissions hold), ``raw`` or ``train``.
     """
+    from rangecps.eval.submit import check_prediction_file
+
+    check_prediction_file(path)
     if ids == "auto":
         ids = "raw" if file_format == "kitti" else "train"
     if ids == "raw":
@@ -136,17 +143,36 @@ def guess_dataset(root: Path, run: Path | None) -> str:
     raise ValueError(f"{root}: neither sequences/ (SemanticKITTI) nor v1.0-* (nuScenes); pass --dataset")
 
 
+def has_predictions(folder: Path) -> bool:
+    """Whether ``folder`` holds a prediction tree (KITTI ``sequences/`` or nuScenes ``lidarseg/``)."""
+    return (folder / "sequences").is_dir() or (folder / "lidarseg").is_dir()
+
+
 def find_prediction_dir(run: Path, split: str) -> Path:
-    """The newest ``<run>/eval_<split>_*`` folder holding written predictions."""
-    found = [
-        d for d in run.glob(f"eval_{split}_*") if (d / "sequences").is_dir() or (d / "lidarseg").is_dir()
-    ]
+    """The newest ``<run>/eval_<split>_*`` folder holding predictions with a complete ``manifest.json``.
+
+    A folder whose predictions lack one is refused (:class:`~rangecps.eval.submit.IncompleteResults`) when no
+    complete folder is there to show instead."""
+    from rangecps.eval.submit import IncompleteResults, read_manifest
+
+    again = f"rangecps-eval {run} --split {split} --write-predictions"
+    found = [d for d in run.glob(f"eval_{split}_*") if has_predictions(d)]
     if not found:
         raise FileNotFoundError(
-            f"{run}: no eval_{split}_*/ folder with predictions; "
-            f"write them with: rangecps-eval {run} --split {split} --write-predictions"
+            f"{run}: no eval_{split}_*/ folder with predictions; write them with: {again}"
         )
-    return max(found, key=lambda d: d.stat().st_mtime)
+    complete, refused = [], []
+    for folder in found:
+        try:
+            manifest = read_manifest(folder)
+        except IncompleteResults as e:
+            refused.append(str(e).split("; ")[0])
+            continue
+        if manifest.get("predictions", True):
+            complete.append(folder)
+    if not complete:
+        raise IncompleteResults(f"{refused[0]}; evaluate again: {again}")
+    return max(complete, key=lambda d: (d / "manifest.json").stat().st_mtime)
 
 
 def open_dataset(
@@ -178,6 +204,13 @@ def open_dataset(
     label_map = load_label_map(cls.label_map)
     if pred_dir is None and run is not None:
         pred_dir = find_prediction_dir(Path(run), split)
+    elif pred_dir is not None:
+        from rangecps.eval.submit import read_manifest, written_by_eval
+
+        if not Path(pred_dir).is_dir():
+            raise FileNotFoundError(f"{pred_dir}: no such results folder (--pred-dir)")
+        if written_by_eval(Path(pred_dir).absolute()):
+            read_manifest(pred_dir)  # refuses a tree without a complete manifest
     writer = make_writer(cls.file_format, pred_dir, label_map, root, split) if pred_dir is not None else None
 
     def load(i: int) -> ViewScan:

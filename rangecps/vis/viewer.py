@@ -3,13 +3,19 @@
 Keys: N next scan, P previous, G ground truth, R prediction, E errors, D range, I intensity, Q/Esc quit (mouse:
 Open3D's usual orbit / pan / zoom). Off screen, the legacy ``Visualizer`` renders through EGL when no display is
 available (Mesa on a machine without a GPU) and the picture is read back with ``capture_screen_float_buffer``.
-Open3D (the ``vis`` extra) is imported where needed.
+Open3D (the ``vis`` extra) is imported where needed. Its window library looks for a Wayland display first and
+prints ``error: XDG_RUNTIME_DIR is invalid or not set in the environment.`` when that variable is missing, even for
+a render that then succeeds; :func:`runtime_dir` gives each window a private one where it is missing or invalid.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +40,40 @@ KEYS = {
 def has_display() -> bool:
     """Whether a window can open: an X11 or Wayland display is named in the environment."""
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def usable_runtime_dir(path: str | None) -> bool:
+    """Whether ``path`` is a usable ``XDG_RUNTIME_DIR``: an absolute path to a folder of this user that only this
+    user may enter (mode 0700, as the XDG base directory specification asks)."""
+    if not path or not os.path.isabs(path):
+        return False
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & 0o077 == 0
+    )
+
+
+@contextmanager
+def runtime_dir() -> Iterator[None]:
+    """Set ``XDG_RUNTIME_DIR`` to a private temporary folder while the block runs, when it is unset or invalid
+    (a usable one is left alone); the variable and the folder are restored / removed afterwards."""
+    before = os.environ.get("XDG_RUNTIME_DIR")
+    if usable_runtime_dir(before):
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="rangecps-xdg-")  # mode 0700
+    os.environ["XDG_RUNTIME_DIR"] = folder
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = before
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _open3d() -> Any:
@@ -106,9 +146,11 @@ def _capture(vis: Any, settings: RenderSettings) -> np.ndarray:
 
 def _window(o3d: Any, cls: Any, settings: RenderSettings, visible: bool, title: str) -> Any:
     vis = cls()
-    if not vis.create_window(
-        window_name=title, width=settings.width, height=settings.height, visible=visible
-    ):
+    with runtime_dir():  # the display connection is made here; the variable is not read later
+        created = vis.create_window(
+            window_name=title, width=settings.width, height=settings.height, visible=visible
+        )
+    if not created:
         raise RuntimeError(
             "Open3D could not create a window or an off-screen (EGL) context: without a display it needs "
             "Mesa's EGL (libegl1) or a GPU driver"
