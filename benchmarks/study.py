@@ -255,11 +255,12 @@ def main() -> int:
         regime["image_width"] = args.image_width
     args.regime = regime
     tag = "study-quick" if args.quick else "study" if args.device == "cpu" else "study-cuda"
-    args.work = (args.work or Path("runs") / tag).resolve()
+    # abspath, not resolve: a runs/ that is a symlink (a study run from a second checkout) stays under REPO.
+    args.work = Path(os.path.abspath(args.work or REPO / "runs" / tag))
     if args.work.is_relative_to(REPO):  # keep the recorded commands free of this machine's paths
         args.work = args.work.relative_to(REPO)
     default_out = {"study": Path("benchmarks"), "study-cuda": Path("benchmarks/study_cuda")}
-    out = (args.out or default_out.get(tag, args.work)).resolve()
+    out = Path(os.path.abspath(args.out or REPO / default_out.get(tag, args.work)))
     seeds = [0] if args.quick else args.seeds
     cells = QUICK_CELLS if args.quick else [c for c in CELLS if c[0] in args.methods]
     if args.no_fp32_check:
