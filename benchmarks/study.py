@@ -189,7 +189,9 @@ class Recorder:
     """study.json as the study goes: every finished run is added and the report re-rendered at once (from any
     of the parallel jobs), so that a study stopped at any point keeps everything it finished."""
 
-    def __init__(self, header: dict[str, Any], out: Path, planned: int) -> None:
+    def __init__(
+        self, header: dict[str, Any], out: Path, planned: list[tuple[tuple[str, str, str], int]]
+    ) -> None:
         self.header, self.out, self.planned = header, out, planned
         self.lock = threading.Lock()
         self.runs: list[dict[str, Any]] = []
@@ -206,7 +208,7 @@ class Recorder:
         with self.lock:
             self.runs = [r for r in self.runs if _key(r) != _key(run)] + [run]
             self.write()
-            print(f"recorded {run['run_dir']} ({len(self.runs)} of {self.planned} runs)", flush=True)
+            print(f"recorded {run['run_dir']} ({len(self.runs)} of {len(self.planned)} runs)", flush=True)
 
     def write(self) -> None:
         order = {c: i for i, c in enumerate(CELLS)}
@@ -214,7 +216,8 @@ class Recorder:
         study = self.header | {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_minutes": round(sum(r["wall_seconds"] for r in runs) / 60, 1),
-            "complete": len(runs) >= self.planned,
+            "complete": all(self.done(c, s) for c, s in self.planned),
+            "missing": [run_name(*c[:2], s, c[2]) for c, s in self.planned if not self.done(c, s)],
             "runs": runs,
         }
         study["cells"] = aggregate(runs)
@@ -308,7 +311,7 @@ def main() -> int:
     # runs first, so that the parallel jobs finish together.
     cost = {"sup_only": 1, "mean_teacher": 2, "cps": 3, "lasermix": 4, "cps_lasermix": 6}
     todo = [(c, s) for s in seeds for c in sorted(cells, key=lambda c: -cost[c[0]])]
-    recorder = Recorder(header, out, len(todo))
+    recorder = Recorder(header, out, todo)
     pending = [(c, s) for c, s in todo if not recorder.done(c, s)]
     print(f"{len(todo) - len(pending)} of {len(todo)} runs already recorded in {out / 'study.json'}")
     if not pending:
