@@ -8,7 +8,12 @@ over ``--scans`` scans after an untimed warm-up pass (workers persist); medians 
 resident memory is reported too, with its growth between the first and last repeat (the pipeline holds nothing
 per scan beyond the index, so it should stay flat).
 
-    python benchmarks/bench_loader.py [--scans 96] [--repeats 3] [--json benchmarks/results/loader.json]
+``--point-inputs`` adds the loader of point-based networks (FRNet): the same dataset with ``point_inputs=True``
+(each sample also carries its augmented points and per-point pixels, and each batch the concatenated points and
+their ``coors``), with 0 and 2 workers (``points_*``). The default settings are unchanged by it.
+
+    python benchmarks/bench_loader.py [--scans 96] [--repeats 3] [--point-inputs] \\
+        [--json benchmarks/results/loader.json]
 """
 
 from __future__ import annotations
@@ -81,6 +86,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scans", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--point-inputs", action="store_true", help="also time point-input datasets (FRNet's batches)"
+    )
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "loader.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -119,6 +127,18 @@ def main() -> int:
                 "peak_rss_mib": mem[-1],
                 "rss_growth_mib": mem[-1] - mem[0],
             }
+        if args.point_inputs:
+            # Point-based networks (FRNet): the augmented points, their pixels and the concatenated batch keys.
+            ds.point_inputs, ds.with_points = True, True
+            for workers in (0, 2):
+                rates, mem = time_loader(ds, workers, args.scans, args.repeats)
+                results[f"points_{workers}_workers"] = {
+                    "scans_per_s": statistics.median(rates),
+                    "runs": rates,
+                    "peak_rss_mib": mem[-1],
+                    "rss_growth_mib": mem[-1] - mem[0],
+                }
+            ds.point_inputs, ds.with_points = False, False
         # The same pipeline from cached range images (rangecps-prep --cache; image-space rotate/flip/scale).
         ds.cache_dir = build_cache_dir(cls, root, index, ds.label_map, Path(tmp) / "cache")
         for workers in (0, 2):
@@ -137,6 +157,7 @@ def main() -> int:
         "batch_size": 2,
         "repeats": args.repeats,
         "scans_per_run": args.scans,
+        "point_inputs": args.point_inputs,
         "results": results,
         "machine": {
             "cpus": os.cpu_count(),

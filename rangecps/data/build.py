@@ -82,9 +82,11 @@ class DataBundle:
         augment: AugmentConfig | None = None,
         seed: int = 0,
         with_points: bool = True,
+        point_inputs: bool = False,
     ) -> RangeDataset:
         """A :class:`RangeDataset` of ``split`` (restricted to ``ids``), with labels, train-time augmentation and
-        per-point arrays when asked."""
+        per-point arrays when asked. ``point_inputs``: also the points and the batch keys of point-based networks
+        (FRNet; see :mod:`rangecps.data.dataset`); such a dataset reads the scans, never the range-image cache."""
         records = self.records(ids, split) if ids is not None else self.index.split(split)
         return RangeDataset(
             self.root,
@@ -96,9 +98,10 @@ class DataBundle:
             build_augment(augment) if augment is not None else None,
             seed,
             with_points=with_points,
-            cache_dir=self.cache_dir(),
+            cache_dir=None if point_inputs else self.cache_dir(),
             encoding=self.encoding,
             roll=augment is not None and augment.roll,
+            point_inputs=point_inputs,
         )
 
     def cache_dir(self) -> Path | None:

@@ -11,6 +11,8 @@ A sample is one scan read from disk, augmented (training only), projected and no
 | ``cols``       | int64 (N,)            | pixel column of every point; -1 without pixel                       |
 | ``depth``      | float32 (N,)          | range of every point (m)                                             |
 | ``point_label``| int64 (N,)            | train id of every point; 0 = ignore (also for unlabeled scans)       |
+| ``points``     | float32 (N, 4)        | point inputs only: x, y, z, intensity of every point, as augmented   |
+| ``point_valid``| bool (N,)             | point inputs only: the point has a pixel (``rows >= 0``)             |
 | ``num_points`` | int                   | N                                                                    |
 | ``index``      | int                   | position in the dataset                                             |
 | ``draw``       | int                   | the key of this draw's augmentation (see ``__getitem__``)          |
@@ -20,6 +22,31 @@ A sample is one scan read from disk, augmented (training only), projected and no
 :func:`collate` stacks the images to (B, ...) and pads the per-point arrays to the longest scan of the batch
 (rows/cols -1, depth -1, labels 0), so ``num_points`` (B,) tells where each scan's points end. Training datasets
 are built with ``with_points=False`` and carry the pixel keys only.
+
+Point inputs (``RangeDataset(point_inputs=True)``, for point-based range-view networks such as FRNet, whose
+``forward(points, coors, batch_size, grid)`` wants every scan's points concatenated with their frustum pixel). A
+sample then also holds ``points``, the very array that was projected (after augmentation, before the optional
+column roll, which moves ``cols`` only), and always the per-point arrays, whatever ``with_points`` says. Points
+without a pixel (a non-finite value, or ``r == 0``: see :func:`project_scan`) are *flagged*, not dropped: the
+per-point arrays keep all N points in file order, so evaluation still labels every point, and ``point_valid`` is
+False for them (their ``points`` row is kept as read, NaN included). :func:`collate` then adds, beside the padded
+arrays above:
+
+| key              | dtype, shape     | meaning                                                              |
+|------------------|------------------|----------------------------------------------------------------------|
+| ``points``       | float32 (P, 4)   | the points with a pixel, concatenated in batch then file order       |
+| ``coors``        | int64 (P, 3)     | (batch index, row, col) of each of them: FRNet's ``coors``           |
+| ``point_valid``  | bool (B, N_max)  | padded ``point_valid`` (False in the padding)                        |
+| ``point_counts`` | int64 (B,)       | P_b, the points with a pixel of scan b                               |
+| ``point_offsets``| int64 (B + 1,)   | scan b's points are ``points[point_offsets[b]:point_offsets[b + 1]]``|
+
+The batch's ``points`` are all finite. ``P = point_valid.sum()``, and the concatenation follows the row-major
+order of the padded mask, so a per-point output of the network goes back to every point with
+``padded[batch["point_valid"]] = out`` (points without a pixel keep what ``padded`` was filled with, e.g. the
+fallback class), and its training targets are ``batch["point_label"][batch["point_valid"]]``. With the option off
+the samples and batches are exactly the keys above. Cached range images (``rangecps-prep --cache``) hold no
+points: a point-input dataset ignores the cache and reads and projects the scans (the cache's augmentations equal
+the point ones, so the images are the same either way, up to points lying exactly on a column edge).
 """
 
 from __future__ import annotations
@@ -161,6 +188,7 @@ class RangeDataset(Dataset):
         cache_dir: Path | None = None,
         encoding: str = "normalised",
         roll: bool = False,
+        point_inputs: bool = False,
     ) -> None:
         self.root = Path(root)
         self.records = list(records)
@@ -169,8 +197,9 @@ class RangeDataset(Dataset):
         self.label_map = label_map
         self.augment = augment
         self.seed = seed
-        self.with_points = with_points
-        self.cache_dir = cache_dir if cache_dir is not None and usable(augment) else None
+        self.point_inputs = point_inputs
+        self.with_points = with_points or point_inputs
+        self.cache_dir = cache_dir if cache_dir is not None and usable(augment) and not point_inputs else None
         self.epoch = 0
         self.encode = InputEncoding.make(encoding, file_format, stats.mean, stats.std)
         self.roll = roll
@@ -193,7 +222,7 @@ class RangeDataset(Dataset):
         record = self.records[i]
         augment = self.augment is not None and self.augment.transforms
         rng = np.random.default_rng([self.seed, self.epoch, draw])
-        if self.cache_dir is not None:
+        if self.cache_dir is not None and not self.point_inputs:  # cached images hold no points
             path = cache_file(self.cache_dir, record.scan_id)
             c = read_cached(path)
             if c.channels.shape[1:] != (self.geometry.height, self.geometry.width):
@@ -216,8 +245,10 @@ class RangeDataset(Dataset):
         labels = scan.labels if scan.labels is not None else np.zeros(scan.num_points, np.int64)
         image = self.encode(scan.points, proj)
         bad = int(non_finite(scan.points).sum())
+        points = scan.points if self.point_inputs else None
+        pixel_label = pixel_labels(labels, proj)
         return self._sample(
-            i, draw, image, pixel_labels(labels, proj), proj.rows, proj.cols, proj.depth, labels, rng, bad
+            i, draw, image, pixel_label, proj.rows, proj.cols, proj.depth, labels, rng, bad, points
         )
 
     def _sample(
@@ -232,9 +263,11 @@ class RangeDataset(Dataset):
         labels: np.ndarray,
         rng: np.random.Generator,
         bad: int = 0,
+        points: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Pack the sample dict (see the module docstring) around the encoded (6, H, W) ``image``, rolling the
-        columns of the images (and the points' columns) when ``roll``."""
+        columns of the images (and the points' columns) when ``roll``; ``points``: the projected (N, 4) points of a
+        point-input sample."""
         if self.roll:
             width = image.shape[-1]
             low, high = (100, width - 100) if width > 200 else (0, width - 1)
@@ -245,7 +278,7 @@ class RangeDataset(Dataset):
             cols = np.where(cols >= 0, (cols - shift) % width, cols)
         return pack_sample(
             image, pixel_label, rows, cols, depth, labels, i, draw, self.records[i].scan_id, self.with_points,
-            non_finite=bad,
+            non_finite=bad, points=points,
         )  # fmt: skip
 
 
@@ -261,9 +294,13 @@ def pack_sample(
     scan_id: str,
     with_points: bool = True,
     non_finite: int = 0,
+    points: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The sample dict of the module docstring around an encoded ``(6, H, W)`` image: what datasets and
-    :class:`rangecps.data.pipeline.ScanPipeline` (inference on bare points) both hand to :func:`collate`."""
+    :class:`rangecps.data.pipeline.ScanPipeline` (inference on bare points) both hand to :func:`collate`.
+
+    ``points``: the ``(N, >=4)`` points that were projected, for a point-input sample (adds ``points`` and
+    ``point_valid``, and the per-point arrays whatever ``with_points`` says)."""
     sample: dict[str, Any] = {
         "input": torch.from_numpy(image),
         "label": torch.from_numpy(pixel_label),
@@ -274,11 +311,16 @@ def pack_sample(
         "scan_id": scan_id,
         "non_finite": int(non_finite),
     }
-    if with_points:
+    if with_points or points is not None:
         sample["rows"] = torch.from_numpy(rows.astype(np.int64))
         sample["cols"] = torch.from_numpy(cols.astype(np.int64))
         sample["depth"] = torch.from_numpy(depth)
         sample["point_label"] = torch.from_numpy(labels)
+    if points is not None:
+        if points.ndim != 2 or points.shape[0] != len(rows) or points.shape[1] < 4:
+            raise ValueError(f"pack_sample: points must be ({len(rows)}, >=4), got {points.shape}")
+        sample["points"] = torch.from_numpy(np.ascontiguousarray(points[:, :4], dtype=np.float32))
+        sample["point_valid"] = sample["rows"] >= 0
     return sample
 
 
@@ -316,4 +358,48 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     out["draw"] = torch.tensor([s["draw"] for s in samples])
     out["scan_id"] = [s["scan_id"] for s in samples]
     out["non_finite"] = torch.tensor([s.get("non_finite", 0) for s in samples])
+    if "points" in samples[0]:
+        out.update(collate_points(samples))
     return out
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """``torch.empty``, in shared memory inside a loader worker (as :func:`_stack` allocates its result)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    first = torch.empty(0, dtype=dtype)
+    storage = first._typed_storage()._new_shared(max(1, int(np.prod(shape))), device=first.device)
+    return first.new(storage)[: int(np.prod(shape))].view(shape)
+
+
+def collate_points(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The point-input keys of a batch (see the module docstring): the points with a pixel of every sample
+    concatenated, with their ``coors`` (batch index, row, col), counts, offsets and the padded ``point_valid``.
+
+    Written straight into its outputs with NumPy (torch's boolean indexing is several times slower on the one
+    thread a worker has), skipping the mask where every point has a pixel, as in nearly every real scan."""
+    n_max = max(s["num_points"] for s in samples)
+    valid = [s["point_valid"].numpy() for s in samples]
+    counts = torch.tensor([int(np.count_nonzero(v)) for v in valid], dtype=torch.int64)
+    every = [int(n) == len(v) for n, v in zip(counts, valid, strict=True)]
+    offsets = torch.zeros(len(samples) + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    total = int(offsets[-1])
+    points, coors = _empty((total, 4), torch.float32), _empty((total, 3), torch.int64)
+    mask = torch.zeros((len(samples), n_max), dtype=torch.bool)
+    p, c, m = points.numpy(), coors.numpy(), mask.numpy()
+    for b, s in enumerate(samples):
+        start, end = int(offsets[b]), int(offsets[b + 1])
+        v = valid[b]
+        m[b, : len(v)] = v
+        c[start:end, 0] = b
+        for column, array in ((1, s["rows"].numpy()), (2, s["cols"].numpy())):
+            c[start:end, column] = array if every[b] else array[v]
+        p[start:end] = s["points"].numpy() if every[b] else s["points"].numpy()[v]
+    return {
+        "points": points,
+        "coors": coors,
+        "point_valid": mask,
+        "point_counts": counts,
+        "point_offsets": offsets,
+    }
