@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import peak_rss_mib, write_result
+from common import peak_rss_mib, rss_mib, write_result
 from torch import nn
 
 from rangecps.config import load_config
@@ -86,15 +86,6 @@ class Size:
 
 
 SIZES = {"small": Size(0.125, 64, 512), "published": Size(1.0, 64, 2048)}
-
-
-def rss_mib() -> float | None:
-    """The process's resident memory now (Linux), or None where /proc is not there."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def unavailable(backend: str) -> str | None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import peak_rss_mib, write_result
+from common import peak_rss_mib, rss_mib, write_result
 
 from rangecps.config import LossConfig, SemiConfig
 from rangecps.cps import cps_step
@@ -52,15 +52,6 @@ MIX_BANDS = (4, 5, 6, 7, 8)
 EMA_MOMENTUM = 0.01
 NUM_CLASSES = 20
 RESULT_TAG = "BENCH_TRAIN_RESULT "  # the child's result line on stdout
-
-
-def rss_mib() -> float | None:
-    """The process's resident memory now (Linux), or None where /proc is not there."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def peak_memory_mib(device: torch.device) -> float:

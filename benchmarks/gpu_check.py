@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import write_result
+from common import timed_ms, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,22 +75,6 @@ def context(args: Namespace) -> Namespace:
         provider="CPUExecutionProvider" if dry else "CUDAExecutionProvider",
         reps=(lambda n: min(n, 2)) if dry else (lambda n: n),
     )
-
-
-def timed_ms(fn: Callable[[], object], repeats: int, warmup: int, cuda: bool) -> list[float]:
-    """Milliseconds of ``repeats`` calls (synchronised on a GPU) after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        out.append(1000 * (time.perf_counter() - t0))
-    return out
 
 
 def scan_root(tmp: Path) -> Path:

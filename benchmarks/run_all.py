@@ -32,7 +32,7 @@ from typing import Any
 
 import numba
 import torch
-from common import machine, peak_rss_mib
+from common import machine, peak_rss_mib, timed_ms
 
 from rangecps.atomic import atomic_write
 from rangecps.checkpoint import code_revision
@@ -47,6 +47,11 @@ def _bench(name: str) -> Any:
     return importlib.import_module(name)
 
 
+def timed(fn: Callable[[], object], repeats: int, cuda: bool = False) -> list[float]:
+    """Milliseconds of ``repeats`` calls after one untimed call that warms caches, allocators and kernels."""
+    return timed_ms(fn, repeats, 1, cuda)
+
+
 def row(name: str, times_ms: list[float], scans: float = 1.0, baseline: str | None = None,
         baseline_ms: list[float] | None = None, **extra: Any) -> Row:  # fmt: skip
     """One table row from raw timings of one unit (a scan, or a step of ``scans`` scans)."""
@@ -56,20 +61,6 @@ def row(name: str, times_ms: list[float], scans: float = 1.0, baseline: str | No
         base = statistics.median(baseline_ms)
         out |= {"baseline": baseline, "baseline_ms": base, "ratio": base / ms}
     return out | extra
-
-
-def timed(fn: Callable[[], object], repeats: int, cuda: bool = False) -> list[float]:
-    fn()  # warm caches, allocators, numba kernels
-    out = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
 
 
 def stage_projection(device: torch.device) -> list[Row]:
