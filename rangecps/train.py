@@ -54,6 +54,7 @@ from rangecps.folders import folder_lock
 from rangecps.losses import class_weights
 from rangecps.methods import METHODS
 from rangecps.models import build_model
+from rangecps.optim import make_optimisers
 from rangecps.runlog import (
     RESUMABLE_CHANGES,
     RunLog,
@@ -176,28 +177,7 @@ def _train(
         if spec.mixes
         else None
     )
-    opts = [
-        torch.optim.AdamW(
-            n.parameters(),
-            lr=cfg.optim.lr,
-            betas=cfg.optim.betas,
-            weight_decay=cfg.optim.weight_decay,
-            eps=cfg.optim.eps,
-        )
-        for n in trained
-    ]
-    scheds = [
-        torch.optim.lr_scheduler.OneCycleLR(
-            o,
-            max_lr=cfg.optim.lr,
-            total_steps=total_steps,
-            pct_start=cfg.optim.pct_start,
-            anneal_strategy="cos",
-            div_factor=cfg.optim.div_factor,
-            final_div_factor=cfg.optim.final_div_factor,
-        )
-        for o in opts
-    ]
+    opts, scheds = make_optimisers(cfg.optim, trained, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     weight = None

@@ -1,0 +1,36 @@
+"""The optimiser and learning-rate schedule of every run: AdamW and a cosine one-cycle schedule per trained net,
+as the LaserMix release trains (``optim`` section of the config: lr, betas, weight decay, eps, pct_start and the
+two div factors)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rangecps.config import OptimConfig
+
+
+def make_optimisers(
+    cfg: OptimConfig, nets: list[nn.Module], total_steps: int
+) -> tuple[list[torch.optim.AdamW], list[torch.optim.lr_scheduler.OneCycleLR]]:
+    """One AdamW and one OneCycleLR (cosine, ``total_steps`` long) per trained net: CPS's two nets each have
+    their own, so that each one's state is its own, as two separately trained networks would have."""
+    opts = [
+        torch.optim.AdamW(
+            n.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps
+        )
+        for n in nets
+    ]
+    scheds = [
+        torch.optim.lr_scheduler.OneCycleLR(
+            o,
+            max_lr=cfg.lr,
+            total_steps=total_steps,
+            pct_start=cfg.pct_start,
+            anneal_strategy="cos",
+            div_factor=cfg.div_factor,
+            final_div_factor=cfg.final_div_factor,
+        )
+        for o in opts
+    ]
+    return opts, scheds
