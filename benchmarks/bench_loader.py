@@ -45,6 +45,12 @@ from rangecps.projection_reference import project_spherical_reference
 from rangecps.sim.generate import generate_dataset
 
 
+def rate_entry(rates: list[float], mem: list[float]) -> dict:
+    """One configuration's figures: median scans/s, the runs, peak memory and its growth over the runs."""
+    return {"scans_per_s": statistics.median(rates), "runs": rates, "peak_rss_mib": mem[-1],
+            "rss_growth_mib": mem[-1] - mem[0]}  # fmt: skip
+
+
 def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -121,23 +127,13 @@ def main() -> int:
         results["baseline_numpy_0_workers"] = {"scans_per_s": statistics.median(rates), "runs": rates}
         for workers in (0, 1, 2):
             rates, mem = time_loader(ds, workers, args.scans, args.repeats)
-            results[f"numba_{workers}_workers"] = {
-                "scans_per_s": statistics.median(rates),
-                "runs": rates,
-                "peak_rss_mib": mem[-1],
-                "rss_growth_mib": mem[-1] - mem[0],
-            }
+            results[f"numba_{workers}_workers"] = rate_entry(rates, mem)
         if args.point_inputs:
             # Point-based networks (FRNet): the augmented points, their pixels and the concatenated batch keys.
             ds.point_inputs, ds.with_points = True, True
             for workers in (0, 2):
                 rates, mem = time_loader(ds, workers, args.scans, args.repeats)
-                results[f"points_{workers}_workers"] = {
-                    "scans_per_s": statistics.median(rates),
-                    "runs": rates,
-                    "peak_rss_mib": mem[-1],
-                    "rss_growth_mib": mem[-1] - mem[0],
-                }
+                results[f"points_{workers}_workers"] = rate_entry(rates, mem)
             ds.point_inputs, ds.with_points = False, False
         # The same pipeline from cached range images (rangecps-prep --cache; image-space rotate/flip/scale).
         ds.cache_dir = build_cache_dir(cls, root, index, ds.label_map, Path(tmp) / "cache")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rangecps.data.dataset import CHANNELS, pack_sample, project_scan
+from rangecps.data.dataset import CHANNELS, non_finite, pack_sample, project_scan
 from rangecps.data.encoding import InputEncoding
 from rangecps.data.index import Geometry
 from rangecps.io import Scan
@@ -110,7 +110,10 @@ class ScanPipeline:
         image = self.encoding(points, proj)
         empty = np.zeros(len(points), np.int64)
         label = np.zeros((self.geometry.height, self.geometry.width), np.int64)
-        return pack_sample(image, label, proj.rows, proj.cols, proj.depth, empty, index, index, name)
+        bad = int(non_finite(points).sum())
+        return pack_sample(
+            image, label, proj.rows, proj.cols, proj.depth, empty, index, index, name, non_finite=bad
+        )
 
 
 def _lists(value: Any) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rangecps.data.dataset import collate, non_finite
+from rangecps.data.dataset import collate
 from rangecps.data.index import Geometry
 from rangecps.data.pipeline import ScanPipeline
 from rangecps.deploy.sensors import geometry_difference, parse_sensor
@@ -220,15 +220,15 @@ class Segmenter:
             self.pipeline.sample(p, r, i, f"scan {i}")
             for i, (p, r) in enumerate(zip(clouds, rings, strict=True))
         ]
+        batch = collate(samples)
         _, _, scans = segment_batch(
-            self.forward, collate(samples), self.device, self.num_classes, self.knn, return_probs,
+            self.forward, batch, self.device, self.num_classes, self.knn, return_probs,
             self.scores_are_probs,
         )  # fmt: skip
         out: list[Any] = []
-        for cloud, scan in zip(clouds, scans, strict=True):
+        for scan, bad in zip(scans, batch["non_finite"].tolist(), strict=True):
             labels = scan.labels.cpu().numpy()
             labels = self.pipeline.to_raw(labels) if raw_ids else labels
-            bad = int(non_finite(np.asarray(cloud)).sum())
             self.counts.scans += 1
             self.counts.points += len(labels)
             self.counts.non_finite += bad
