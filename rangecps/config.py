@@ -89,7 +89,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["fidnet", "cenet"] = "fidnet"
+    name: Literal["fidnet", "cenet", "frnet"] = "fidnet"  # frnet: a point model (rangecps.models)
     width: float = 1.0  # channel multiplier of the backbone (1.0 = 128 channels, the published size)
 
 
