@@ -68,7 +68,7 @@ def _pooled(loss_fn: Callable[..., torch.Tensor], **tensors: torch.Tensor | floa
     return loss_fn(**tensors)
 
 
-def _head_terms(
+def head_terms(
     logits: torch.Tensor,
     target: torch.Tensor,
     valid: torch.Tensor,
@@ -119,7 +119,7 @@ def supervised_loss(
     # Auxiliary heads are computed even when cfg.aux is 0, so that their parameters stay in the graph (DDP
     # without find_unused_parameters expects a gradient for every parameter).
     for i, logits in enumerate(outputs):
-        for name, value in _head_terms(logits, target, valid, cfg, class_weight).items():
+        for name, value in head_terms(logits, target, valid, cfg, class_weight).items():
             terms[name] = terms[name] + (value if i == 0 else cfg.aux * value)
     terms["sup"] = (
         cfg.ce * terms["ce"]

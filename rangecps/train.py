@@ -53,8 +53,10 @@ from rangecps.eval.validation import validate
 from rangecps.folders import folder_lock
 from rangecps.losses import class_weights
 from rangecps.methods import METHODS
-from rangecps.models import build_model
+from rangecps.models import build_model, is_point_model
+from rangecps.models.frnet import POINT_CHANNELS
 from rangecps.optim import make_optimisers
+from rangecps.point_step import point_step, training_points
 from rangecps.runlog import (
     RESUMABLE_CHANGES,
     RunLog,
@@ -127,8 +129,14 @@ def _train(
         # At 100 % labels the semi-supervised methods still learn from pseudo-labels and consistency: the labeled
         # scans serve as the unlabeled stream.
         unlabeled_ids = labeled_ids
+    point = is_point_model(cfg.model.name)  # FRNet: point batches, point losses, no channels_last
     labeled_ds = data.dataset(
-        "train", labeled_ids, augment=cfg.data.augment, seed=cfg.train.seed, with_points=False
+        "train",
+        labeled_ids,
+        augment=cfg.data.augment,
+        seed=cfg.train.seed,
+        with_points=False,
+        point_inputs=point,
     )
     unlabeled_ds = (
         data.dataset(
@@ -138,6 +146,7 @@ def _train(
             augment=cfg.data.augment,
             seed=cfg.train.seed + 1,
             with_points=False,
+            point_inputs=point,
         )
         if unlabeled_ids is not None
         else None
@@ -158,11 +167,12 @@ def _train(
     stop_step = min(total_steps, cfg.train.max_steps or total_steps)
 
     prec = precision(cfg.train.amp, cfg.train.channels_last, device)
-    amp, channels_last = prec.amp, prec.channels_last
+    amp, channels_last = prec.amp, prec.channels_last and not point
+    in_channels = len(POINT_CHANNELS) if point else len(CHANNELS)
     nets: list[nn.Module] = []  # the trained nets first, then the EMA teacher of Mean Teacher and LaserMix
     for k in range(spec.trained):  # CPS: one architecture, two initialisations
         net = build_model(
-            cfg.model.name, len(CHANNELS), data.num_classes, cfg.model.width, seed=cfg.train.seed * 1000 + k
+            cfg.model.name, in_channels, data.num_classes, cfg.model.width, seed=cfg.train.seed * 1000 + k
         )
         if info.enabled:
             net = dist.convert_sync_batchnorm(net, device.type)
@@ -187,7 +197,7 @@ def _train(
     resolved = to_dict(cfg)
     derived = {
         "num_classes": data.num_classes,
-        "in_channels": len(CHANNELS),
+        "in_channels": in_channels,
         "height": data.geometry.height,
         "width": data.geometry.width,
         "epochs": epochs,
@@ -318,21 +328,35 @@ def _train(
                     "(non_finite_points)"
                 )
             non_finite_here += sum(n for _, n in met)
-            labeled = to_device(labeled, device, channels_last)
-            unlabeled = to_device(unlabeled, device, channels_last) if unlabeled is not None else None
+            batches = [
+                to_device(b, device, channels_last) if b is not None else None for b in (labeled, unlabeled)
+            ]
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                losses = cps_step(
-                    train_nets,
-                    labeled,
-                    unlabeled,
-                    cfg.train.method,
-                    cfg.loss,
-                    weight,
-                    generator,
-                    semi=cfg.semi,
-                    mixer=mixer,
-                    step=step,
-                )
+                if point:
+                    losses = point_step(
+                        train_nets,
+                        *(training_points(b) if b is not None else None for b in batches),
+                        cfg.train.method,
+                        cfg.loss,
+                        weight,
+                        generator,
+                        grid=(data.geometry.height, data.geometry.width),
+                        semi=cfg.semi,
+                        mixer=mixer,
+                        step=step,
+                    )
+                else:
+                    losses = cps_step(
+                        train_nets,
+                        *batches,
+                        cfg.train.method,
+                        cfg.loss,
+                        weight,
+                        generator,
+                        semi=cfg.semi,
+                        mixer=mixer,
+                        step=step,
+                    )
             if not torch.isfinite(losses["loss"]):
                 raise FloatingPointError(
                     f"step {step + 1}: loss is {losses['loss'].item()} on a batch of scans "

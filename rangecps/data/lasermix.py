@@ -150,3 +150,46 @@ def pair_indices(
     i of the other, cycling through the smaller batch (equal batches pair one to one, as the release does)."""
     pairs = torch.arange(max(n_labeled, n_unlabeled), device=device)
     return pairs % n_labeled, pairs % n_unlabeled
+
+
+def mix_point_pairs(
+    coors_labeled: torch.Tensor,
+    coors_unlabeled: torch.Tensor,
+    pair_labeled: torch.Tensor,
+    pair_unlabeled: torch.Tensor,
+    rows_from_labeled: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both LaserMix scans of every pair on point batches (point models such as FRNet): :func:`mix_pairs` for
+    points. A point belongs to the band of its row, so mixing by rows is mixing by inclination, as the release
+    mixes points.
+
+    Mixed scan 2p takes the points of labeled scan ``pair_labeled[p]`` whose row is in ``rows_from_labeled[p]``
+    and the points of unlabeled scan ``pair_unlabeled[p]`` whose row is not; scan 2p + 1 is the complement.
+
+    Args:
+        coors_labeled: (P_l, 3) int64 (scan, row, col) of the labeled batch's points; coors_unlabeled: (P_u, 3).
+        pair_labeled, pair_unlabeled: (N,) int64 scans of each pair (:func:`pair_indices`).
+        rows_from_labeled: (N, H) bool (:meth:`LaserMix.draw`).
+
+    Returns:
+        ``gather`` (P_m,) int64 into the concatenation of the two batches' points (labeled first): any per-point
+        tensor is mixed as ``torch.cat([labeled_t, unlabeled_t])[gather]``; ``coors`` (P_m, 3) of the mixed
+        scans (scan index 0..2N-1, scans in order); ``offsets`` (2N + 1,): mixed scan m is
+        ``[offsets[m], offsets[m + 1])``.
+    """
+    offset_u = coors_labeled.shape[0]
+    gather, scans = [], []
+    for p in range(len(pair_labeled)):
+        in_l = coors_labeled[:, 0] == pair_labeled[p]
+        in_u = coors_unlabeled[:, 0] == pair_unlabeled[p]
+        for from_l in (rows_from_labeled[p], ~rows_from_labeled[p]):
+            take_l = torch.nonzero(in_l & from_l[coors_labeled[:, 1]]).squeeze(1)
+            take_u = torch.nonzero(in_u & ~from_l[coors_unlabeled[:, 1]]).squeeze(1) + offset_u
+            gather.append(torch.cat([take_l, take_u]))
+            scans.append(len(take_l) + len(take_u))
+    index = torch.cat(gather)
+    coors = torch.cat([coors_labeled, coors_unlabeled])[index]
+    sizes = torch.tensor(scans, dtype=torch.int64, device=coors.device)
+    coors[:, 0] = torch.repeat_interleave(torch.arange(len(scans), device=coors.device), sizes)
+    offsets = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)])
+    return index, coors, offsets

@@ -68,6 +68,8 @@ from rangecps.models.frnet_blocks import (
     point_mlp,
 )
 
+# The columns of ``points`` the data path gives FRNet (``RangeDataset(point_inputs=True)``): as read, not normalised.
+POINT_CHANNELS = ("x", "y", "z", "intensity")
 # Released channel counts (configs/_base_/models/frnet.py), before the width factor.
 ENCODER_CHANNELS = (64, 128, 256, 256)
 COMPRESSED_CHANNELS = 16
@@ -205,4 +207,4 @@ def frustum_labels(
     return winner.view(batch_size, h, w)
 
 
-__all__ = ["AUX_MAPS", "FRNet", "PointHead", "frustum_labels"]
+__all__ = ["AUX_MAPS", "POINT_CHANNELS", "FRNet", "PointHead", "frustum_labels"]
