@@ -43,8 +43,8 @@ class ConfigError(ValueError):
 @dataclass
 class AugmentConfig:
     """Train-time augmentations, applied in this order: minimum distance, drop, flip, scale, rotate, translate,
-    point noise (to the points, before projection), then the column roll (to the range image). The order is the
-    LaserMix release's."""
+    point noise (to the points, before projection; the LaserMix release's order), then FRNet's FrustumMix,
+    InstanceCopy and RangeInterpolation (the FRNet release's order), then the column roll (to the range image)."""
 
     min_distance: float = 0.0  # drop points nearer than this (m, horizontal): the nuScenes release's 0.9
     dropout: float = 0.0  # drop a share drawn from U[0, dropout) of the points (the release: 0.1)
@@ -142,8 +142,11 @@ class TrainConfig:
     epochs: int = 50
     # Epochs per labeled share (keys as data.labels, e.g. "10%"), overriding ``epochs`` for that share.
     epochs_by_labels: dict[str, int] = field(default_factory=dict)
+    # Total optimiser steps of an iteration-based schedule (FRNet's release: 50k, 150k on nuScenes); the one-cycle
+    # schedule spans them and ``epochs`` is then unused. None: epochs x steps per epoch.
+    steps: int | None = None
     max_steps: int | None = (
-        None  # stop early (CPU-sized runs); total steps still follow from epochs otherwise
+        None  # stop early (CPU-sized runs); total steps still follow from epochs (or steps) otherwise
     )
     seed: int = 0
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
@@ -334,6 +337,7 @@ def _problems(cfg: Config) -> list[tuple[str, str]]:
     need(t.epochs >= 1, "train.epochs", "must be >= 1")
     need(all(v >= 1 for v in t.epochs_by_labels.values()), "train.epochs_by_labels", "epochs must be >= 1")
     need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1, or null for the full run")
+    need(t.steps is None or t.steps >= 1, "train.steps", "must be >= 1, or null for epochs x steps per epoch")
     for key in ("val_every", "log_every", "ckpt_every"):
         need(getattr(t, key) >= 1, f"train.{key}", "must be >= 1 (steps)")
     need(e.knn_search >= 1 and e.knn_search % 2 == 1, "eval.knn_search", "must be an odd number >= 1")

@@ -163,7 +163,9 @@ def _train(
         unlabeled_size=len(data.split.unlabeled),
     )
     epochs = cfg.train.epochs_by_labels.get(cfg.data.labels, cfg.train.epochs)
-    total_steps = epochs * loader.steps_per_epoch
+    total_steps = cfg.train.steps or epochs * loader.steps_per_epoch
+    if cfg.train.steps:  # an iteration-based schedule: the epochs it spans
+        epochs = -(-total_steps // loader.steps_per_epoch)
     stop_step = min(total_steps, cfg.train.max_steps or total_steps)
 
     prec = precision(cfg.train.amp, cfg.train.channels_last, device)

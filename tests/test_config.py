@@ -84,7 +84,7 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dataset", ["semantickitti", "scribblekitti", "nuscenes"])
 def test_real_dataset_configs_use_the_released_recipe(dataset: str) -> None:
     folder = Path(__file__).resolve().parents[1] / "configs" / dataset
-    for path in sorted(folder.glob("*_*.yaml")):
+    for path in sorted(p for p in folder.glob("*_*.yaml") if "frnet" not in p.name):
         cfg = load_config(path)
         assert cfg.loss.recipe == "released" and cfg.data.input == "released", path
         assert (cfg.loss.ce, cfg.loss.dice, cfg.loss.lovasz) == (1.0, 1.0, 3.0), path
@@ -112,6 +112,40 @@ def test_real_dataset_configs_use_the_released_recipe(dataset: str) -> None:
             ), path
             assert semi.mix_pitch == (-25.0, 3.0), path
     methods = {load_config(p).train.method for p in folder.glob("*_fidnet.yaml")}
+    assert methods == {"sup_only", "mean_teacher", "cps", "lasermix", "cps_lasermix"}
+
+
+@pytest.mark.parametrize("dataset", ["semantickitti", "scribblekitti", "nuscenes"])
+def test_frnet_configs_use_the_released_frnet_recipe(dataset: str) -> None:
+    # Xiangxu-0103/FRNet: configs/frnet/frnet-*_seg.py, _base_/models/frnet.py, _base_/datasets/*_seg.py,
+    # _base_/schedules/onecycle-{50,150}k.py.
+    folder = Path(__file__).resolve().parents[1] / "configs" / dataset
+    base = load_config(folder / "base_frnet.yaml")
+    methods = set()
+    for path in sorted(folder.glob("*_frnet.yaml")):
+        cfg = load_config(path)
+        methods.add(cfg.train.method)
+        assert cfg.model == base.model and cfg.model.name == "frnet" and cfg.model.width == 1.0, path
+        loss = cfg.loss
+        assert (loss.recipe, loss.ce, loss.dice, loss.lovasz, loss.boundary, loss.aux) == (
+            "released",
+            1.0,
+            0.0,
+            1.5,
+            1.0,
+            1.0,
+        ), path
+        assert not loss.class_weights, path
+        o = cfg.optim
+        assert (o.lr, o.betas, o.weight_decay, o.eps) == (0.01, (0.9, 0.999), 0.01, 1e-6), path
+        assert (o.pct_start, o.div_factor, o.final_div_factor) == (0.2, 25.0, 100.0), path
+        assert cfg.data.batch_size == 4, path
+        grid = (32, 480) if dataset == "nuscenes" else (64, 512)
+        assert (cfg.data.height, cfg.data.width) == grid, path
+        assert cfg.train.steps == (150_000 if dataset == "nuscenes" else 50_000), path
+        a = cfg.data.augment
+        assert a.flip and a.rotate and a.scale == (0.95, 1.05) and a.scale_z and a.translate == 0.1, path
+        assert not a.roll and a.dropout == 0.0, path
     assert methods == {"sup_only", "mean_teacher", "cps", "lasermix", "cps_lasermix"}
 
 
