@@ -1,5 +1,5 @@
-"""Benchmark one training step of every method: FIDNets, a labeled and an unlabeled batch, forward + backward +
-AdamW, and the EMA teacher update of the teacher methods.
+"""Benchmark one training step of every method: FIDNets (or CENets, or FRNets), a labeled and an unlabeled batch,
+forward + backward + AdamW, and the EMA teacher update of the teacher methods.
 
 One step is what ``rangecps/train.py`` runs per batch: :func:`rangecps.cps.cps_step` under autocast, backward,
 an AdamW step on the trained nets only, then ``ema_update`` (momentum 0.01) of the teacher of ``mean_teacher`` and
@@ -22,6 +22,12 @@ with native bf16, channels_last). Unless that already is float32 in the channels
         [--json benchmarks/results/train.json]
 
 The ``configs/synthetic`` sizes: ``--model-width 0.125 --height 64 --width-px 512 --batch 1``.
+
+``--model frnet`` times FRNet (:func:`rangecps.point_step.point_step`, the release's point and frustum losses) on
+``--points`` random points per scan in a ``--height`` x ``--width-px`` frustum grid (the release: 64x512 on
+SemanticKITTI, about 120k points a scan), and also one FIDNet ``sup_only`` step at ``--fidnet-width-px`` (default
+2048, FIDNet's own image) with the same net width, so that the two networks' costs stand side by side
+(``vs_fidnet_sup_only``). The synthetic FRNet configs: ``--model frnet --model-width 0.25 --width-px 512``.
 """
 
 from __future__ import annotations
@@ -45,7 +51,9 @@ from rangecps.data.dataset import CHANNELS
 from rangecps.data.lasermix import LaserMix
 from rangecps.device import precision, select_device
 from rangecps.methods import METHODS
-from rangecps.models import build_model
+from rangecps.models import build_model, is_point_model
+from rangecps.models.frnet import POINT_CHANNELS
+from rangecps.point_step import point_step
 from rangecps.teacher import ema_update, make_teacher
 
 MIX_BANDS = (4, 5, 6, 7, 8)
@@ -68,11 +76,13 @@ def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> d
     process (``main`` does) for a figure of the method's own.
     """
     spec = METHODS[method]
-    prec = precision(args.amp, args.channels_last, device)
+    point = is_point_model(args.model)
+    prec = precision(args.amp, args.channels_last and not point, device)
     amp = prec.amp
     layout = torch.channels_last if prec.channels_last else torch.contiguous_format
+    channels = len(POINT_CHANNELS) if point else len(CHANNELS)
     trained = [
-        build_model("fidnet", len(CHANNELS), NUM_CLASSES, args.model_width, seed=k).to(
+        build_model(args.model, channels, NUM_CLASSES, args.model_width, seed=k).to(
             device, memory_format=layout
         )
         for k in range(spec.trained)
@@ -82,13 +92,37 @@ def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> d
         net.train()
     opts = [torch.optim.AdamW(n.parameters(), lr=0.01, weight_decay=0.01, eps=1e-6) for n in trained]
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-    cfg = LossConfig(boundary=1.0, class_weights=False)
+    cfg = (
+        LossConfig(ce=1.0, lovasz=1.5, boundary=1.0, aux=1.0, class_weights=False)
+        if point
+        else LossConfig(boundary=1.0, class_weights=False)
+    )
     semi = SemiConfig(ema_momentum=EMA_MOMENTUM, mix_bands=list(MIX_BANDS))
     mixer = LaserMix.even_rows(args.height, MIX_BANDS) if spec.mixes else None
     g = torch.Generator().manual_seed(0)
     shape = (args.batch, len(CHANNELS), args.height, args.width_px)
 
     def batch(labels: bool) -> dict[str, torch.Tensor]:
+        if point:  # random points in random frustum pixels: FRNet's cost follows the numbers, not the layout
+            n, b = args.points, args.batch
+            coors = torch.stack(
+                [
+                    torch.arange(b).repeat_interleave(n),
+                    torch.randint(0, args.height, (b * n,), generator=g),
+                    torch.randint(0, args.width_px, (b * n,), generator=g),
+                ],
+                1,
+            )
+            return {
+                "points": (torch.randn(b * n, channels, generator=g) * 10).to(device),
+                "coors": coors.to(device),
+                "label": (
+                    torch.randint(0, NUM_CLASSES, (b * n,), generator=g)
+                    if labels
+                    else torch.zeros(b * n).long()
+                ).to(device),
+                "offsets": (torch.arange(b + 1) * n).to(device),
+            }
         out = {
             "input": torch.randn(shape, generator=g).to(device).contiguous(memory_format=layout),
             "mask": (torch.rand(shape[0], *shape[2:], generator=g) > 0.15).to(device),
@@ -112,9 +146,33 @@ def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> d
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            losses = cps_step(
-                nets, labeled, unlabeled, method, cfg, None, step_generator, semi=semi, mixer=mixer, step=i
-            )
+            if point:
+                losses = point_step(
+                    nets,
+                    labeled,
+                    unlabeled,
+                    method,
+                    cfg,
+                    None,
+                    step_generator,
+                    grid=(args.height, args.width_px),
+                    semi=semi,
+                    mixer=mixer,
+                    step=i,
+                )
+            else:
+                losses = cps_step(
+                    nets,
+                    labeled,
+                    unlabeled,
+                    method,
+                    cfg,
+                    None,
+                    step_generator,
+                    semi=semi,
+                    mixer=mixer,
+                    step=i,
+                )
         for o in opts:
             o.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()
@@ -149,20 +207,27 @@ def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> d
     }
 
 
-def time_in_child(method: str, args: argparse.Namespace, fp32_nchw: bool = False) -> dict[str, Any]:
+def time_in_child(
+    method: str, args: argparse.Namespace, fp32_nchw: bool = False, fidnet_reference: bool = False
+) -> dict[str, Any]:
     """:func:`time_steps` of ``method`` in a fresh interpreter running this script with ``--only``; with
-    ``fp32_nchw`` in float32 and the channels-first layout instead of ``args``' precision."""
+    ``fp32_nchw`` in float32 and the channels-first layout instead of ``args``' precision; with
+    ``fidnet_reference`` a FIDNet of the same width at ``args.fidnet_width_px`` instead of ``args.model``."""
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
         "--only",
         method,
+        "--model",
+        "fidnet" if fidnet_reference else args.model,
+        "--points",
+        str(args.points),
         "--model-width",
         str(args.model_width),
         "--height",
         str(args.height),
         "--width-px",
-        str(args.width_px),
+        str(args.fidnet_width_px if fidnet_reference else args.width_px),
         "--batch",
         str(args.batch),
         "--warmup",
@@ -183,7 +248,20 @@ def time_in_child(method: str, args: argparse.Namespace, fp32_nchw: bool = False
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--model-width", type=float, default=1.0, help="FIDNet width (1.0 = published, 6.05 M)"
+        "--model", choices=("fidnet", "cenet", "frnet"), default="fidnet", help="network to time"
+    )
+    parser.add_argument(
+        "--model-width",
+        type=float,
+        default=1.0,
+        help="net width (1.0 = published: FIDNet 6.05 M, FRNet 10.0 M)",
+    )
+    parser.add_argument("--points", type=int, default=120_000, help="frnet: points per scan")
+    parser.add_argument(
+        "--fidnet-width-px",
+        type=int,
+        default=2048,
+        help="frnet: image width of the FIDNet sup_only reference",
     )
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width-px", type=int, default=2048)
@@ -219,8 +297,14 @@ def main() -> int:
     fp32 = {}  # the same steps in float32, channels-first: the speed-up the precision choice buys
     if prec["amp"] != "off" or prec["channels_last"]:
         fp32 = {m: time_in_child(m, args, fp32_nchw=True) for m in ("sup_only", "cps") if m in methods}
+    reference = None
+    if is_point_model(args.model):
+        reference = time_in_child("sup_only", args, fidnet_reference=True)
+        for r in results.values():
+            r["vs_fidnet_sup_only"] = r["step_s"] / reference["step_s"]
+    what = f"{args.points} points a scan, " if is_point_model(args.model) else ""
     print(
-        f"one training step, FIDNet width {args.model_width}, {args.height}x{args.width_px}, batch "
+        f"one training step, {args.model} width {args.model_width}, {what}{args.height}x{args.width_px}, batch "
         f"{args.batch} labeled (+{args.batch} unlabeled for the semi-supervised methods), {device}, "
         f"median of {args.repeats}, one process per method"
     )
@@ -237,6 +321,12 @@ def main() -> int:
             f"{r['vs_sup_only']:11.2f}x"
         )
     print(f"precision: autocast {prec['amp']}, channels_last {prec['channels_last']} ({prec['reason']})")
+    if reference is not None:
+        print(
+            f"FIDNet sup_only, width {args.model_width}, {args.height}x{args.fidnet_width_px}: "
+            f"{reference['step_s']:.3f} s a step, peak {reference['peak_memory_mib']:.0f} MiB; "
+            + ", ".join(f"{m} {r['vs_fidnet_sup_only']:.2f}x" for m, r in results.items())
+        )
     for name, r in fp32.items():
         results[name]["speedup_vs_fp32_nchw"] = r["step_s"] / results[name]["step_s"]
         print(
@@ -265,6 +355,7 @@ def main() -> int:
             else "max RSS of the method's process",
             "results": results,
             "fp32_channels_first": fp32,
+            "fidnet_sup_only_reference": reference,
         },
     )
     return 0
