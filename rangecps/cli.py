@@ -230,7 +230,7 @@ def train_main(argv: list[str] | None = None) -> int:
         )
         print(
             f"done: {summary['steps']} steps in {summary['seconds']:.0f} s; "
-            f"validation range-pixel mIoU: {vals} (best: {bests})"
+            f"validation mIoU ({summary.get('val_scored', 'range pixels')}): {vals} (best: {bests})"
         )
         prec = summary["precision"]
         print(f"precision: autocast {prec['amp']}, channels_last {prec['channels_last']} ({prec['reason']})")

@@ -12,6 +12,7 @@ from typing import Any
 from rangecps.atomic import atomic_write
 from rangecps.config import Config
 from rangecps.folders import refuse_earlier_results
+from rangecps.models import is_point_model
 
 # What a training run leaves in its folder. Any of the first five marks a folder that holds a run; --overwrite
 # removes them all (other files, e.g. the eval_* results of rangecps-eval, stay).
@@ -183,6 +184,7 @@ def complete_run(
             "resumed_at_step": step,
             "precision": derived["precision"],
             "val_pixel_miou": val,
+            "val_scored": "points" if is_point_model(cfg["model"]["name"]) else "range pixels",
             "rank": 0,
             "nets": list(state["net_names"]),
             "best_val_pixel_miou": list(state["best"]),

@@ -419,6 +419,7 @@ def _train(
         "resumed_at_step": resumed_at,
         "precision": prec.record(),
         "val_pixel_miou": val,
+        "val_scored": "points" if point else "range pixels",  # what val_pixel_miou scored (FRNet: points)
         "rank": info.rank,
         "nets": list(spec.nets),
         "best_val_pixel_miou": best,
