@@ -61,6 +61,23 @@ class AugmentConfig:
     )
     point_noise: float = 0.0  # std (m) of independent gaussian noise on every point's x, y, z
     roll: bool = False  # roll the range image by a random number of columns in [100, W - 100] (the release)
+    # FRNet release (configs/_base_/datasets/*_seg.py; rangecps.data.frnet_augment, wired in
+    # rangecps.data.scan_mixing): after the point transforms above, FrustumMix, InstanceCopy, RangeInterpolation.
+    # The two mixings draw a fresh scan of the same labeled dataset, put through the point transforms above, and
+    # apply to labeled scans only; RangeInterpolation to every training scan. All off by default.
+    frustum_mix: float = 0.0  # probability of FrustumMix with a second scan (the release: 1.0)
+    # Numbers of vertical bands a vertical FrustumMix draws from (the release: 3, 4, 5, 6); each <= the image height.
+    frustum_mix_areas: list[int] = field(default_factory=lambda: [3, 4, 5, 6])
+    instance_copy: float = 0.0  # probability of InstanceCopy from a second scan (the release: 1.0)
+    # Train ids whose points InstanceCopy appends; empty: the release's list for the dataset's label map
+    # (frnet_augment.KITTI_INSTANCE_CLASSES: 11 classes, not car; NUSCENES_INSTANCE_CLASSES: the 10 things).
+    instance_classes: list[int] = field(default_factory=list)
+    # Fill one-pixel horizontal gaps of the dataset's native range image (64x2048 KITTI, 32x1920 nuScenes, as the
+    # release; not data.height/width, which size the network's image) with interpolated points.
+    range_interpolation: bool = False
+    # (fov_up, fov_down) in degrees of the spherical images FrustumMix and RangeInterpolation bin points in; null:
+    # the range image's (3 / -25 on KITTI, as the release; 10.67 / -30.67 on nuScenes, where the release uses 10 / -30).
+    frustum_fov: tuple[float, float] | None = None
 
 
 @dataclass
@@ -315,6 +332,20 @@ def _problems(cfg: Config) -> list[tuple[str, str]]:
         need(high >= 1, "data.augment.scale", f"needs high >= 1 with scale_mode {a.scale_mode}")
     need(a.translate >= 0, "data.augment.translate", "must be >= 0 (metres)")
     need(a.point_noise >= 0, "data.augment.point_noise", "must be >= 0 (metres)")
+    for key in ("frustum_mix", "instance_copy"):
+        need(0 <= getattr(a, key) <= 1, f"data.augment.{key}", "a probability must lie in [0, 1]")
+    areas, classes, fov = a.frustum_mix_areas, a.instance_classes, a.frustum_fov
+    need(bool(areas) and min(areas) >= 1, "data.augment.frustum_mix_areas", "needs one or more numbers >= 1")
+    need(
+        all(c >= 1 for c in classes) and len(set(classes)) == len(classes),
+        "data.augment.instance_classes",
+        "needs distinct train ids >= 1 (0 is ignore), or [] for the release's list",
+    )
+    need(
+        fov is None or (-90 <= fov[1] <= 0 <= fov[0] <= 90 and fov[1] < fov[0]),
+        "data.augment.frustum_fov",
+        "needs [fov_up, fov_down] (deg) with -90 <= fov_down <= 0 <= fov_up <= 90 and fov_down < fov_up, or null",
+    )
     need(cfg.model.width > 0, "model.width", "must be > 0")
     for key in ("ce", "dice", "lovasz", "boundary", "aux", "cps"):
         need(getattr(lo, key) >= 0, f"loss.{key}", "a loss weight must be >= 0")

@@ -8,7 +8,8 @@ drop points, rings and labels together.
 
 :func:`build_augment` follows the order of the LaserMix range-view release (``data/semantickitti/laserscan.py``
 and ``data/nuscenes/augment.py`` at 19f55e2): drop, flip, scale, rotate, translate; the column roll of the range
-image comes after projection (see :mod:`rangecps.data.dataset`).
+image comes after projection (see :mod:`rangecps.data.dataset`). FRNet's FrustumMix, InstanceCopy and
+RangeInterpolation come after these transforms and mix in other scans: see :mod:`rangecps.data.scan_mixing`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from rangecps.data.cache import cache_key, cache_mismatch
 from rangecps.data.dataset import InputStats, RangeDataset
 from rangecps.data.index import DatasetIndex, Geometry
 from rangecps.data.prep import load_prepared, note, prep_dir
+from rangecps.data.scan_mixing import build_mixing
 from rangecps.data.splits import LabeledSplit, make_split
 from rangecps.labels import LabelMap, load_label_map
 
@@ -86,8 +87,11 @@ class DataBundle:
     ) -> RangeDataset:
         """A :class:`RangeDataset` of ``split`` (restricted to ``ids``), with labels, train-time augmentation and
         per-point arrays when asked. ``point_inputs``: also the points and the batch keys of point-based networks
-        (FRNet; see :mod:`rangecps.data.dataset`); such a dataset reads the scans, never the range-image cache."""
+        (FRNet; see :mod:`rangecps.data.dataset`); such a dataset reads the scans, never the range-image cache.
+        ``augment``'s FRNet options (:mod:`rangecps.data.scan_mixing`) mix scans of this very dataset (``ids``)."""
         records = self.records(ids, split) if ids is not None else self.index.split(split)
+        native = self.dataset_cls.geometry
+        mixing = build_mixing(augment, self.label_map, self.geometry, native) if augment is not None else None
         return RangeDataset(
             self.root,
             records,
@@ -102,6 +106,7 @@ class DataBundle:
             encoding=self.encoding,
             roll=augment is not None and augment.roll,
             point_inputs=point_inputs,
+            mixing=mixing,
         )
 
     def cache_dir(self) -> Path | None:

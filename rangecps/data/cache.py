@@ -11,6 +11,7 @@ range-image equivalents, so cached scans can still be augmented:
 The nearest point of each pixel stays the nearest, so these equal projecting the transformed points (up to points
 lying exactly on a column edge). Point dropout, translation, point noise and scaling of x and y alone change which
 point wins a pixel or which row a point falls in: with them, the dataset reads and projects the points as usual.
+So it does with FRNet's scan mixing and range interpolation (:mod:`rangecps.data.scan_mixing`), which add points.
 Rotations are drawn on the grid of ``W`` column shifts.
 
 A cache is keyed by what made it (``key.json``, written after the last scan): the dataset kind, its label map,

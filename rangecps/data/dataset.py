@@ -65,6 +65,7 @@ from rangecps.data.augment import Compose
 from rangecps.data.cache import augment_cached, cache_file, read_cached, usable
 from rangecps.data.encoding import InputEncoding
 from rangecps.data.index import Geometry, ScanRecord, read_scan
+from rangecps.data.scan_mixing import ScanMixing
 from rangecps.io import Scan, ScanFormatError
 from rangecps.labels import LabelMap
 from rangecps.projection import Projection, pixel_labels, project_rings, project_spherical
@@ -172,6 +173,9 @@ class RangeDataset(Dataset):
         encoding: ``"normalised"`` or ``"released"`` (see :mod:`rangecps.data.encoding`).
         roll: roll each image by a random number of columns in ``[100, W - 100]`` after projection (the
             release's ``sample_transform``; ``[0, W)`` for images narrower than 200 columns).
+        mixing: FRNet's FrustumMix, InstanceCopy, RangeInterpolation after ``augment`` (see
+            :mod:`rangecps.data.scan_mixing`); an unlabeled dataset (``label_map`` None) applies RangeInterpolation
+            only, the mixings need labels. Adds points, so the cache is not used with it.
     """
 
     def __init__(
@@ -189,6 +193,7 @@ class RangeDataset(Dataset):
         encoding: str = "normalised",
         roll: bool = False,
         point_inputs: bool = False,
+        mixing: ScanMixing | None = None,
     ) -> None:
         self.root = Path(root)
         self.records = list(records)
@@ -199,7 +204,8 @@ class RangeDataset(Dataset):
         self.seed = seed
         self.point_inputs = point_inputs
         self.with_points = with_points or point_inputs
-        self.cache_dir = cache_dir if cache_dir is not None and usable(augment) and not point_inputs else None
+        self.mixing = mixing if label_map is not None or mixing is None else mixing.without_labels()
+        self.cache_dir = cache_dir if usable(augment) and self.mixing is None and not point_inputs else None
         self.epoch = 0
         self.encode = InputEncoding.make(encoding, file_format, stats.mean, stats.std)
         self.roll = roll
@@ -238,9 +244,9 @@ class RangeDataset(Dataset):
             return self._sample(i, draw, image, c.label, c.rows, c.cols, c.depth, c.point_label, rng)
         # read_scan raises ScanFormatError naming the file (a file missing or changed since prep); in a loader
         # worker torch re-raises it in the main process, where its message is that one line again
-        scan = read_scan(self.root, record, self.file_format, self.label_map)
-        if augment:
-            scan = self.augment(scan, rng)
+        scan = self._read(i, rng)
+        if self.mixing is not None:
+            scan = self.mixing(scan, rng, lambda: self._read(int(rng.integers(len(self.records))), rng))
         proj = project_scan(scan, self.geometry)
         labels = scan.labels if scan.labels is not None else np.zeros(scan.num_points, np.int64)
         image = self.encode(scan.points, proj)
@@ -250,6 +256,11 @@ class RangeDataset(Dataset):
         return self._sample(
             i, draw, image, pixel_label, proj.rows, proj.cols, proj.depth, labels, rng, bad, points
         )
+
+    def _read(self, i: int, rng: np.random.Generator) -> Scan:
+        """Scan ``i`` as read, put through the point transforms (drawing from ``rng``) when there are some."""
+        scan = read_scan(self.root, self.records[i], self.file_format, self.label_map)
+        return self.augment(scan, rng) if self.augment is not None and self.augment.transforms else scan
 
     def _sample(
         self,

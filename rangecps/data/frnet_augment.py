@@ -45,6 +45,11 @@ KITTI_INSTANCE_CLASSES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 12, 16, 18, 19)
 #: nuScenes InstanceCopy classes: release ids 0..9 = barrier, bicycle, bus, car, construction_vehicle,
 #: motorcycle, pedestrian, traffic_cone, trailer, truck -> our "nuscenes" train ids.
 NUSCENES_INSTANCE_CLASSES: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+#: The released InstanceCopy list of each label map (``rangecps.labels.LabelMap.name``).
+RELEASED_INSTANCE_CLASSES: dict[str, tuple[int, ...]] = {
+    "semantickitti": KITTI_INSTANCE_CLASSES,
+    "nuscenes": NUSCENES_INSTANCE_CLASSES,
+}
 
 
 def _check_prob(name: str, value: float) -> None:
