@@ -146,6 +146,15 @@ def test_frnet_configs_use_the_released_frnet_recipe(dataset: str) -> None:
         a = cfg.data.augment
         assert a.flip and a.rotate and a.scale == (0.95, 1.05) and a.scale_z and a.translate == 0.1, path
         assert not a.roll and a.dropout == 0.0, path
+        # FrustumMix (num_areas 3-6, p 1), InstanceCopy (p 1, the released classes), RangeInterpolation.
+        assert (a.frustum_mix, a.frustum_mix_areas, a.instance_copy, a.instance_classes) == (
+            1.0,
+            [3, 4, 5, 6],
+            1.0,
+            [],
+        ), path
+        assert a.range_interpolation, path
+        assert a.frustum_fov == ((10.0, -30.0) if dataset == "nuscenes" else None), path
     assert methods == {"sup_only", "mean_teacher", "cps", "lasermix", "cps_lasermix"}
 
 
