@@ -46,7 +46,6 @@ from rangecps.cps import cps_step
 from rangecps.data.build import build_data
 from rangecps.data.dataset import CHANNELS
 from rangecps.data.lasermix import LaserMix
-from rangecps.data.loader import semi_supervised_loader
 from rangecps.data.pipeline import ScanPipeline
 from rangecps.device import precision, select_device, to_device
 from rangecps.eval.validation import validate
@@ -67,6 +66,7 @@ from rangecps.runlog import (
     with_absolute_paths,
 )
 from rangecps.teacher import ema_update, make_teacher
+from rangecps.train_stream import non_finite_scans, scan_ids, training_stream
 
 
 def train(
@@ -123,49 +123,14 @@ def _train(
 
     spec = METHODS[cfg.train.method]
     n_nets = len(spec.nets)
-    labeled_ids = data.split.labeled
-    unlabeled_ids = data.split.unlabeled if spec.unlabeled and data.split.unlabeled else None
-    if spec.unlabeled and unlabeled_ids is None:
-        # At 100 % labels the semi-supervised methods still learn from pseudo-labels and consistency: the labeled
-        # scans serve as the unlabeled stream.
-        unlabeled_ids = labeled_ids
     point = is_point_model(cfg.model.name)  # FRNet: point batches, point losses, no channels_last
-    labeled_ds = data.dataset(
-        "train",
-        labeled_ids,
-        augment=cfg.data.augment,
-        seed=cfg.train.seed,
-        with_points=False,
-        point_inputs=point,
+    stream = training_stream(cfg, data, spec, info, point)
+    loader, labeled_ids, epochs, total_steps = (
+        stream.loader,
+        stream.labeled_ids,
+        stream.epochs,
+        stream.total_steps,
     )
-    unlabeled_ds = (
-        data.dataset(
-            "train",
-            unlabeled_ids,
-            labels=False,
-            augment=cfg.data.augment,
-            seed=cfg.train.seed + 1,
-            with_points=False,
-            point_inputs=point,
-        )
-        if unlabeled_ids is not None
-        else None
-    )
-    loader = semi_supervised_loader(
-        labeled_ds,
-        unlabeled_ds,
-        cfg.data.batch_size,
-        cfg.data.unlabeled_batch_size,
-        cfg.data.num_workers,
-        cfg.train.seed,
-        info.rank,
-        info.world,
-        unlabeled_size=len(data.split.unlabeled),
-    )
-    epochs = cfg.train.epochs_by_labels.get(cfg.data.labels, cfg.train.epochs)
-    total_steps = cfg.train.steps or epochs * loader.steps_per_epoch
-    if cfg.train.steps:  # an iteration-based schedule: the epochs it spans
-        epochs = -(-total_steps // loader.steps_per_epoch)
     stop_step = min(total_steps, cfg.train.max_steps or total_steps)
 
     prec = precision(cfg.train.amp, cfg.train.channels_last, device)
@@ -322,7 +287,9 @@ def _train(
         epoch, offset = divmod(step, loader.steps_per_epoch)
         loader.set_epoch(epoch, offset)
         for labeled, unlabeled in loader:
-            met = _non_finite(labeled, unlabeled)  # scans of the batch with non-finite points, and how many
+            met = non_finite_scans(
+                labeled, unlabeled
+            )  # scans of the batch with non-finite points, and how many
             if met and not non_finite_here and main:
                 tqdm.write(
                     f"note: step {step + 1}: points with a NaN or infinite value get no pixel "
@@ -362,7 +329,7 @@ def _train(
             if not torch.isfinite(losses["loss"]):
                 raise FloatingPointError(
                     f"step {step + 1}: loss is {losses['loss'].item()} on a batch of scans "
-                    f"{', '.join(_scan_ids(labeled, unlabeled))}; check these scans for invalid values first "
+                    f"{', '.join(scan_ids(labeled, unlabeled))}; check these scans for invalid values first "
                     f"(rangecps-prep checks a dataset root), then lower optim.lr or change train.amp "
                     f"(autocast {prec.record()['amp']} now)"
                 )
@@ -431,26 +398,6 @@ def _train(
         with atomic_write(out_dir / "summary.json", "w") as f:
             json.dump(summary, f, indent=1)
     return summary
-
-
-def _non_finite(labeled: dict[str, Any], unlabeled: dict[str, Any] | None) -> list[tuple[str, int]]:
-    """``(scan, number of points with a NaN or infinite value)`` of a training batch's scans that hold any."""
-    out = []
-    for batch in (labeled, unlabeled):
-        if batch is None or "non_finite" not in batch:
-            continue
-        counts = torch.as_tensor(batch["non_finite"]).reshape(-1).tolist()
-        ids = batch["scan_id"] if len(counts) == len(batch["scan_id"]) else [", ".join(batch["scan_id"])]
-        out += [(i, int(n)) for i, n in zip(ids, counts, strict=True) if n]
-    return out
-
-
-def _scan_ids(labeled: dict[str, Any], unlabeled: dict[str, Any] | None) -> list[str]:
-    """The scans of a training batch, for messages: the labeled ones, then the unlabeled ones."""
-    ids = list(labeled["scan_id"])
-    if unlabeled is not None:
-        ids += [f"{i} (unlabeled)" for i in unlabeled["scan_id"]]
-    return ids
 
 
 if __name__ == "__main__":  # torchrun --nproc_per_node=G -m rangecps.train --config ...
