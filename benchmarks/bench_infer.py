@@ -14,7 +14,16 @@ in a :class:`Segmenter` built directly around ``net_forward`` (torch) or an ``On
 initial ones a random FIDNet's logits reach the thousands and label nearly every pixel alike, with measured ones
 they have a trained net's scale and vary, so that the kNN votes over varied labels and the label agreement between
 backends means something. Two sizes: ``small``, the CPU-sized model (FIDNet width 0.125 at 64x512, the
-``configs/synthetic`` run) and ``published`` (FIDNet width 1.0 at 64x2048). The scans are the validation sequence
+``configs/synthetic`` run) and ``published`` (FIDNet width 1.0 at 64x2048).
+
+FRNet (a point model: it predicts every point itself, no kNN) runs beside them at two sizes: ``frnet-small``, the
+CPU-sized model (width 0.25 at 64x512) and ``frnet-released`` (width 1.0 at 64x512, the release's SemanticKITTI
+grid). Its Segmenter is the one ``Segmenter.from_checkpoint`` / ``from_onnx`` builds for an FRNet run: the
+``point_net_forward`` (torch) or the exported point graph (onnxruntime, one scan per call, batch size and grid fixed
+in the graph; :mod:`rangecps.deploy.onnx_points`), and ``segment_point_batch``. Its part ``knn`` holds what follows
+the network (each point's argmax, the fallback class of points without a pixel, labels back to the host): no kNN
+runs, and the result records ``"knn": null``. Its BatchNorm statistics are measured the same way, on the points
+of one validation scan. The scans are the validation sequence
 08 of the built-in synthetic dataset ``data/synthetic_kitti`` (made on first use, about 129,000 points a scan),
 with the pipeline (geometry, encoding statistics, kNN settings) of ``configs/synthetic/sup_only_fidnet.yaml`` at
 the size's width. Files are read from the page cache after the first pass.
@@ -63,8 +72,10 @@ from rangecps.data.pipeline import ScanPipeline
 from rangecps.deploy.segmenter import Segmenter
 from rangecps.device import precision
 from rangecps.eval.predict import knn_settings, net_forward, segment_batch
+from rangecps.eval.predict_points import per_scan_forward, point_net_forward, segment_point_batch
 from rangecps.io import read_kitti_points
-from rangecps.models import build_model
+from rangecps.models import build_model, is_point_model
+from rangecps.models.frnet import POINT_CHANNELS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "synthetic" / "sup_only_fidnet.yaml"
@@ -80,12 +91,24 @@ class Size:
     model_width: float
     height: int
     width_px: int
+    model: str = "fidnet"  # "fidnet" (image model, kNN) or "frnet" (point model, no kNN)
+
+    @property
+    def points(self) -> bool:
+        """A point model: it takes the points and predicts each itself."""
+        return is_point_model(self.model)
 
     def describe(self) -> str:
-        return f"FIDNet width {self.model_width}, {self.height}x{self.width_px}"
+        name = {"fidnet": "FIDNet", "frnet": "FRNet"}.get(self.model, self.model)
+        return f"{name} width {self.model_width}, {self.height}x{self.width_px}"
 
 
-SIZES = {"small": Size(0.125, 64, 512), "published": Size(1.0, 64, 2048)}
+SIZES = {
+    "small": Size(0.125, 64, 512),
+    "published": Size(1.0, 64, 2048),
+    "frnet-small": Size(0.25, 64, 512, "frnet"),  # the CPU-sized FRNet
+    "frnet-released": Size(1.0, 64, 512, "frnet"),  # the release's FRNet on SemanticKITTI's 64x512 grid
+}
 
 
 def unavailable(backend: str) -> str | None:
@@ -127,9 +150,10 @@ def load_scans(width_px: int, root: Path = DEFAULT_ROOT) -> tuple[ScanPipeline, 
 
 
 def build_net(size: Size, weights: Path | None = None) -> nn.Module:
-    """The benchmark's FIDNet at ``size``, seeded random weights (or ``weights``, a state dict saved by
-    :func:`prepare_models`), in eval mode on the CPU."""
-    net = build_model("fidnet", len(CHANNELS), NUM_CLASSES, size.model_width, seed=0)
+    """The benchmark's net at ``size`` (FIDNet or FRNet), seeded random weights (or ``weights``, a state dict
+    saved by :func:`prepare_models`), in eval mode on the CPU."""
+    in_channels = len(POINT_CHANNELS) if size.points else len(CHANNELS)  # FRNet: x, y, z, intensity
+    net = build_model(size.model, in_channels, NUM_CLASSES, size.model_width, seed=0)
     if weights is not None:
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return net.eval()
@@ -141,45 +165,77 @@ def scan_inputs(pipeline: ScanPipeline, paths: list[Path]) -> torch.Tensor:
     return collate(samples)["input"]
 
 
-def calibrated_net(size: Size, inputs: torch.Tensor, device: str | torch.device = "cpu") -> nn.Module:
+def scan_points(pipeline: ScanPipeline, paths: list[Path]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A point model's inputs of each scan at ``paths``: ``(P, 4)`` points with a pixel and their ``(P, 3)``
+    coors (batch index 0)."""
+    out = []
+    for i, p in enumerate(paths):
+        batch = collate([pipeline.sample(read_kitti_points(p), None, i, p.stem, point_inputs=True)])
+        out.append((batch["points"], batch["coors"]))
+    return out
+
+
+def calibrated_net(
+    size: Size,
+    inputs: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]],
+    device: str | torch.device = "cpu",
+) -> nn.Module:
     """:func:`build_net` with its BatchNorm running statistics measured on ``inputs`` (train-mode forwards, one
-    scan at a time, cumulative averages), in eval mode on ``device``."""
+    scan at a time, cumulative averages), in eval mode on ``device``. ``inputs``: ``(B, C, H, W)`` images, or for
+    a point model :func:`scan_points`' list."""
     net = build_net(size).to(device)
     for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):  # FRNet's point layers have BatchNorm1d too
             m.reset_running_stats()
             m.momentum = None  # the plain average over the calibration scans
     net.train()
     with torch.no_grad():
         for x in inputs:
-            net(x[None].to(device))
+            if size.points:
+                points, coors = x
+                net(points.to(device), coors.to(device), 1, (size.height, size.width_px))
+            else:
+                net(x[None].to(device))
     return net.eval()
 
 
 def export(net: nn.Module, size: Size, path: Path) -> dict[str, Any]:
-    """Export ``net`` at ``size`` to ``path`` (logits); export_onnx's info plus the wall seconds."""
+    """Export ``net`` at ``size`` to ``path`` (logits); export_onnx's (export_point_onnx's) info plus the wall
+    seconds."""
     from rangecps.deploy.onnx import export_onnx
+    from rangecps.deploy.onnx_points import export_point_onnx
 
     start = time.perf_counter()
-    info = export_onnx([net], path, size.height, size.width_px, len(CHANNELS), "logits")
+    if size.points:
+        info = export_point_onnx([net], path, (size.height, size.width_px), "logits")
+    else:
+        info = export_onnx([net], path, size.height, size.width_px, len(CHANNELS), "logits")
     return info | {"wall_seconds": round(time.perf_counter() - start, 2)}
+
+
+def file_stem(size_name: str) -> str:
+    """``fidnet-small``, ``frnet-small``: the model's name and the size's, once."""
+    model = SIZES[size_name].model
+    return size_name if size_name.startswith(model) else f"{model}-{size_name}"
 
 
 def prepare_models(
     size_name: str, root: Path, folder: Path, onnx: bool, device: str | torch.device = "cpu"
 ) -> dict[str, Any]:
     """The benchmark's net at ``size_name``, calibrated on the first validation scan (on ``device``), its weights
-    saved as ``folder/fidnet-SIZE.pt`` and, with ``onnx``, exported to ``folder/fidnet-SIZE.onnx``. Returns the
-    paths (``weights``, ``onnx``), the calibration seconds and the export's info."""
+    saved as ``folder/fidnet-SIZE.pt`` (``frnet-SIZE.pt``) and, with ``onnx``, exported to ``folder/...onnx``.
+    Returns the paths (``weights``, ``onnx``), the calibration seconds and the export's info."""
     size = SIZES[size_name]
     pipeline, paths, _ = load_scans(size.width_px, root)
     start = time.perf_counter()
-    net = calibrated_net(size, scan_inputs(pipeline, paths[:1]), device).cpu()
-    out: dict[str, Any] = {"weights": Path(folder) / f"fidnet-{size_name}.pt", "onnx": None, "export": None}
+    inputs = scan_points(pipeline, paths[:1]) if size.points else scan_inputs(pipeline, paths[:1])
+    net = calibrated_net(size, inputs, device).cpu()
+    stem = file_stem(size_name)
+    out: dict[str, Any] = {"weights": Path(folder) / f"{stem}.pt", "onnx": None, "export": None}
     out["calibration_s"] = round(time.perf_counter() - start, 2)
     torch.save(net.state_dict(), out["weights"])
     if onnx:
-        out["onnx"] = Path(folder) / f"fidnet-{size_name}.onnx"
+        out["onnx"] = Path(folder) / f"{stem}.onnx"
         out["export"] = export(net, size, out["onnx"])
     return out
 
@@ -194,14 +250,20 @@ def make_segmenter(
     threads: int,
     amp: str,
 ) -> tuple[Segmenter, dict[str, Any]]:
-    """A Segmenter around ``backend``'s forward, and what it runs with (precision or providers)."""
+    """A Segmenter around ``backend``'s forward, and what it runs with (precision or providers). A point
+    model's is the one Segmenter.from_checkpoint / from_onnx builds for an FRNet run (no kNN)."""
     device = torch.device("cuda" if backend.endswith("-cuda") else "cpu")
+    forward: Any
     if backend.startswith("torch"):
-        prec = precision(amp, True, device)  # as Segmenter.from_checkpoint with train.channels_last: true
+        # As Segmenter.from_checkpoint with train.channels_last: true (point models: never channels_last)
+        prec = precision(amp, not size.points, device)
         net = build_net(size, weights).to(device)
         if prec.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        forward = net_forward([net], prec.amp, prec.channels_last)
+        if size.points:
+            forward = point_net_forward([net], prec.amp)
+        else:
+            forward = net_forward([net], prec.amp, prec.channels_last)
         info: dict[str, Any] = {"precision": prec.record()}
     else:
         from rangecps.deploy.onnx import OnnxRunner
@@ -213,19 +275,30 @@ def make_segmenter(
         if runner.providers[0] != wanted:
             raise RuntimeError(f"{backend}: the session runs on {runner.providers}, not {wanted}")
 
-        def forward(x: torch.Tensor) -> torch.Tensor:  # as Segmenter.from_onnx's, for logits
-            return torch.from_numpy(np.asarray(runner(x.float().cpu().numpy()))).to(device)
+        if size.points:  # as Segmenter.from_onnx's for a point model: one scan per call
+
+            def single(points: torch.Tensor, coors: torch.Tensor) -> torch.Tensor:
+                return torch.from_numpy(np.asarray(runner(points.cpu().numpy(), coors.cpu().numpy()))).to(
+                    device
+                )
+
+            forward = per_scan_forward(single)
+        else:
+
+            def forward(x: torch.Tensor) -> torch.Tensor:  # as Segmenter.from_onnx's, for logits
+                return torch.from_numpy(np.asarray(runner(x.float().cpu().numpy()))).to(device)
 
         info = {"providers": runner.providers, "precision": {"amp": "off", "channels_last": False}}
     seg = Segmenter(
         forward=forward,
         pipeline=pipeline,
         device=device,
-        knn=knn,
+        knn=None if size.points else knn,
         scores_are_probs=False,
         trained_geometry=pipeline.geometry,
         net="a",
         source=f"random weights{' (calibrated)' if weights or onnx_path else ''}, {size.describe()}",
+        point_model=size.points,
     )
     return seg, info
 
@@ -236,12 +309,12 @@ def one_scan(seg: Segmenter, path: Path) -> tuple[dict[str, float], np.ndarray, 
     cuda = seg.device.type == "cuda"
     network = 0.0
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    def forward(*inputs: Any) -> torch.Tensor:  # an image, or a point model's points, coors, B, grid
         nonlocal network
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        out = seg.forward(x)
+        out = seg.forward(*inputs)
         if cuda:
             torch.cuda.synchronize()
         network += time.perf_counter() - start
@@ -250,11 +323,16 @@ def one_scan(seg: Segmenter, path: Path) -> tuple[dict[str, float], np.ndarray, 
     t0 = time.perf_counter()
     points = read_kitti_points(path)
     t1 = time.perf_counter()
-    batch = collate([seg.pipeline.sample(points, None, 0, path.stem)])
+    batch = collate([seg.pipeline.sample(points, None, 0, path.stem, point_inputs=seg.point_model)])
     t2 = time.perf_counter()
-    _, _, scans = segment_batch(
-        forward, batch, seg.device, seg.num_classes, seg.knn, False, seg.scores_are_probs
-    )
+    if seg.point_model:
+        _, scans = segment_point_batch(
+            forward, batch, seg.device, seg.num_classes, False, seg.scores_are_probs
+        )
+    else:
+        _, _, scans = segment_batch(
+            forward, batch, seg.device, seg.num_classes, seg.knn, False, seg.scores_are_probs
+        )
     labels = scans[0].labels.cpu().numpy()
     int(non_finite(points).sum())  # predict counts them
     t3 = time.perf_counter()
@@ -331,7 +409,9 @@ def time_config(
         # None when no timed scan repeats a warmup scan; else whether the mirror gave predict's labels exactly
         "labels_equal_predict": (mismatches == 0) if min(warmup, repeats, len(paths)) else None,
         "classes_in_first_scan": distinct,  # how varied the labels compared are
-        "knn": knn,
+        "model_name": size.model,
+        "point_model": size.points,
+        "knn": seg.knn,  # None for a point model: no kNN runs
         "peak_rss_mib": peak_rss_mib(),
         "rss_before_first_scan_mib": before,
         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
@@ -467,6 +547,12 @@ def main() -> int:
             print(
                 f"warning: {name}: the timed loop's labels differ from Segmenter.predict's on the same scan"
             )
+    if any(r.get("point_model") for r in results.values()):
+        print(
+            "FRNet rows: a point model, no kNN (knn: null); their kNN column is the rest of segment_point_batch "
+            "(each point's argmax, the fallback class of points without a pixel, labels to the host); their ONNX "
+            "graph runs one scan per call with the grid fixed"
+        )
     for size_name, e in exports.items():
         print(f"ONNX export, {size_name} ({SIZES[size_name].describe()}): {e['wall_seconds']:.1f} s, "
               f"{e['file_bytes'] / 2**20:.1f} MiB, opset {e['opset']}")  # fmt: skip

@@ -5,7 +5,10 @@ data that a trained model needs wherever it goes.
 the dataset's file format and its classes (names, colours, train id -> raw id). Training stores it in every
 checkpoint (``derived["pipeline"]``), so that :class:`rangecps.deploy.Segmenter` and the ONNX sidecar need no
 dataset root; :meth:`ScanPipeline.sample` makes a sample exactly as a :class:`~rangecps.data.dataset.RangeDataset`
-of the run's validation split makes it (same projection, same encoding, same keys), from points alone.
+of the run's validation split makes it (same projection, same encoding, same keys), from points alone. For a
+point model (FRNet) ``sample(..., point_inputs=True)`` adds the points themselves, as a dataset with
+``point_inputs=True`` does: collated, they give the network's ``points`` and ``coors`` (the range image's grid is
+the model's frustum grid, so the pipeline serves both kinds of model unchanged).
 """
 
 from __future__ import annotations
@@ -89,13 +92,20 @@ class ScanPipeline:
         return table.astype(np.uint8 if table.max() < 256 else np.uint16)[np.asarray(train_ids)]
 
     def sample(
-        self, points: np.ndarray, ring: np.ndarray | None = None, index: int = 0, name: str = ""
+        self,
+        points: np.ndarray,
+        ring: np.ndarray | None = None,
+        index: int = 0,
+        name: str = "",
+        point_inputs: bool = False,
     ) -> dict:
         """The sample of one scan, as a dataset makes it without augmentation (keys in ``rangecps.data.dataset``).
 
         Args:
             points: ``(N, 4)`` float32 x, y, z, intensity (intensity as the training data stored it).
             ring: ``(N,)`` laser index, needed when the geometry's rows are rings.
+            point_inputs: also ``points`` (the ``(N, 4)`` array as given) and ``point_valid``, what a point
+                model (FRNet) reads; :func:`~rangecps.data.dataset.collate` turns them into ``points``/``coors``.
         Points with a non-finite value get no pixel (see :func:`~rangecps.data.dataset.project_scan`).
         """
         points = np.ascontiguousarray(points, dtype=np.float32)
@@ -112,8 +122,9 @@ class ScanPipeline:
         label = np.zeros((self.geometry.height, self.geometry.width), np.int64)
         bad = int(non_finite(points).sum())
         return pack_sample(
-            image, label, proj.rows, proj.cols, proj.depth, empty, index, index, name, non_finite=bad
-        )
+            image, label, proj.rows, proj.cols, proj.depth, empty, index, index, name, non_finite=bad,
+            points=points if point_inputs else None,
+        )  # fmt: skip
 
 
 def _lists(value: Any) -> Any:

@@ -9,6 +9,12 @@ moved into place it is run through onnxruntime on real scans (the run's validati
 against PyTorch in float32: the command prints the largest absolute difference and the pixel label agreement,
 and fails above 1e-3 or below 99.99 %. The sidecar ``OUT.json`` holds the pre- and post-processing: geometry,
 channel order and normalisation, class names and colours, train id -> dataset id, kNN parameters, and the check.
+
+A point model (FRNet) exports as :mod:`rangecps.deploy.onnx_points` describes: inputs ``points`` (N, 4) float32 and
+``coors`` (N, 3) int64 of one scan's points with a pixel (dynamic N; batch size 1 and the frustum grid fixed in
+the graph, as the sidecar's ``input`` says), output ``(N, K)`` logits, an ensemble's probabilities or, with
+``--labels``, ``(N,)`` classes. The check runs each check scan through onnxruntime and the float32 PyTorch model
+(``FRNet.forward`` itself) and compares per point; the sidecar has ``"point_model": true`` and ``"knn": null``.
 """
 
 from __future__ import annotations
@@ -27,19 +33,24 @@ from rangecps.data.index import read_scan
 from rangecps.data.pipeline import ScanPipeline
 from rangecps.eval.evaluate import LoadedRun
 from rangecps.eval.predict import knn_settings
+from rangecps.eval.predict_points import point_net_forward
+from rangecps.models import is_point_model
+from rangecps.models.frnet import POINT_CHANNELS
 
 NEAR_TIE = 2e-3  # best-minus-second score below this: a tie at float32 rounding (2x the allowed difference)
 
 
-def check_samples(run: LoadedRun, pipeline: ScanPipeline, inputs: list[str], count: int) -> list[dict]:
+def check_samples(
+    run: LoadedRun, pipeline: ScanPipeline, inputs: list[str], count: int, point_inputs: bool = False
+) -> list[dict]:
     """Samples to verify the export on: ``count`` scans of ``inputs`` (files, folders, bags), else of the
-    run's validation split (its dataset root must be readable)."""
+    run's validation split (its dataset root must be readable); with their points for a point model."""
     if inputs:
         from rangecps.deploy.sources import iter_scans
 
         samples = []
         for scan in iter_scans(inputs):
-            samples.append(pipeline.sample(scan.points, scan.ring, len(samples), scan.name))
+            samples.append(pipeline.sample(scan.points, scan.ring, len(samples), scan.name, point_inputs))
             if len(samples) == count:
                 break
         return samples
@@ -53,8 +64,43 @@ def check_samples(run: LoadedRun, pipeline: ScanPipeline, inputs: list[str], cou
     samples = []
     for i, record in enumerate(records):
         scan = read_scan(data.root, record, data.dataset_cls.file_format, None)
-        samples.append(pipeline.sample(scan.points, scan.ring, i, record.scan_id))
+        samples.append(pipeline.sample(scan.points, scan.ring, i, record.scan_id, point_inputs))
     return samples
+
+
+def check_point_export(
+    nets: list[torch.nn.Module], onnx_path: Path, samples: list[dict], kind: str, grid: tuple[int, int]
+) -> dict[str, Any]:
+    """Compare the exported point graph (onnxruntime, CPU) with the float32 PyTorch nets' own forward, scan by
+    scan (the graph takes one), over every point with a pixel: :func:`~rangecps.deploy.onnx.compare_outputs`
+    figures, the label agreement over the decisive points (``near_ties`` left out, as for image models) and
+    ``agreement_all_points``."""
+    from rangecps.deploy.onnx import OnnxRunner, compare_outputs
+
+    runner = OnnxRunner(onnx_path, providers=["CPUExecutionProvider"])
+    forward = point_net_forward([n.float().eval() for n in nets], None)  # FRNet.forward, input check included
+    reference, exported, scores = [], [], []
+    for sample in samples:
+        batch = collate([sample])
+        points, coors = batch["points"], batch["coors"]
+        if not points.shape[0]:
+            continue  # nothing of this scan has a pixel: nothing to compare
+        s = forward(points, coors, 1, grid)
+        scores.append(s)
+        reference.append((s[:, 1:].argmax(1) + 1 if kind == "labels" else s).numpy())
+        exported.append(np.asarray(runner(points.numpy(), coors.numpy())))
+    if not scores:
+        raise ValueError("no check scan has a point with a pixel; pass --check-inputs SCANS")
+    ref, out = np.concatenate(reference), np.concatenate(exported)
+    stats = compare_outputs(ref, out, kind, unit="points")
+    top2 = torch.cat(scores)[:, 1:].topk(2, dim=1).values
+    decisive = ((top2[:, 0] - top2[:, 1]) > NEAR_TIE).numpy()
+    ref_labels = ref if kind == "labels" else ref[:, 1:].argmax(1) + 1
+    out_labels = out if kind == "labels" else out[:, 1:].argmax(1) + 1
+    stats["agreement_all_points"] = stats["agreement"]
+    stats["near_ties"] = int((~decisive).sum())
+    stats["agreement"] = float((ref_labels == out_labels)[decisive].mean()) if decisive.any() else 1.0
+    return stats
 
 
 def export(
@@ -84,6 +130,14 @@ def export(
     g = pipeline.geometry
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.stem}.partial-{os.getpid()}.onnx")
+    if is_point_model(run.cfg.model.name):
+        try:
+            meta = _export_points(run, chosen, nets, pipeline, kind, staging, check_inputs, check_scans)
+            os.replace(staging, out)
+            write_sidecar(out, meta)
+        finally:
+            staging.unlink(missing_ok=True)
+        return meta
     try:
         info = export_onnx(nets, staging, g.height, g.width, len(CHANNELS), kind)
         samples = check_samples(run, pipeline, check_inputs or [], check_scans)
@@ -108,14 +162,8 @@ def export(
         check_agreement(stats)
         cfg = run.cfg
         meta = {
-            "model": {
-                "name": cfg.model.name,
-                "width": cfg.model.width,
-                "method": cfg.train.method,
-                "checkpoint": str(run.path),
-                "step": run.step,
-                "revision": run.revision,
-            },
+            "model": _model_block(run),
+            "point_model": False,
             "net": chosen,
             "output": kind,
             "input": {"name": info["input_name"], "shape": info["input_shape"], "channels": list(CHANNELS)},
@@ -143,6 +191,74 @@ def export(
     return meta
 
 
+def _model_block(run: LoadedRun) -> dict[str, Any]:
+    cfg = run.cfg
+    return {
+        "name": cfg.model.name,
+        "width": cfg.model.width,
+        "method": cfg.train.method,
+        "checkpoint": str(run.path),
+        "step": run.step,
+        "revision": run.revision,
+    }
+
+
+def _export_points(
+    run: LoadedRun,
+    chosen: str,
+    nets: list[torch.nn.Module],
+    pipeline: ScanPipeline,
+    kind: str,
+    staging: Path,
+    check_inputs: list[str] | None,
+    check_scans: int,
+) -> dict[str, Any]:
+    """Export a point model's nets to ``staging``, check it (:func:`check_point_export`) and return the
+    sidecar's content."""
+    from rangecps.deploy.onnx import check_agreement
+    from rangecps.deploy.onnx_points import export_point_onnx
+
+    g = pipeline.geometry
+    grid = (g.height, g.width)
+    info = export_point_onnx(nets, staging, grid, kind)
+    samples = check_samples(run, pipeline, check_inputs or [], check_scans, point_inputs=True)
+    stats = check_point_export(nets, staging, samples, kind, grid)
+    stats["scans"] = [s["scan_id"] for s in samples]
+    check_agreement(stats)
+    columns = list(POINT_CHANNELS)
+    return {
+        "model": _model_block(run),
+        "point_model": True,
+        "net": chosen,
+        "output": kind,
+        "input": {
+            "names": info["input_names"],
+            "points": {"shape": info["input_shapes"][0], "dtype": "float32", "columns": columns},
+            "coors": {"shape": info["input_shapes"][1], "dtype": "int64", "columns": ["batch", "row", "col"]},
+            "batch_size": info["batch_size"],
+            "grid": info["grid"],
+            "fixed": "batch size 1 (the coors batch column must be 0) and the frustum grid (H, W) = the range "
+            "image's are fixed in the graph; N, the scan's points with a pixel, is dynamic",
+        },
+        "output_tensor": {"name": info["output_name"], "shape": info["output_shape"]},
+        "pipeline": pipeline.to_dict(),
+        "preprocessing": (
+            "project the points onto geometry exactly as for image models (pitch rows, or rows = height - 1 - "
+            "ring when rings) to get each point's row and col; keep the points with a pixel (finite, nonzero "
+            "range) in file order; points = their x, y, z, intensity as read (no normalisation, no encoding: "
+            "the network normalises them itself); coors = (0, row, col)"
+        ),
+        "postprocessing": (
+            "class = argmax over classes 1..K-1 (+1) of each point's output; points without a pixel take the "
+            "class the scan's predicted points take most often (class 1 when none has a pixel); no kNN; "
+            "dataset id = pipeline.train_to_raw[class]"
+        ),
+        "knn": None,
+        "export": {k: v for k, v in info.items() if k != "path"},
+        "check": stats,
+    }
+
+
 def export_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="rangecps-export", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path, help="run folder or checkpoint (.pt)")
@@ -167,11 +283,15 @@ def export_main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     c = meta["check"]
+    unit = c.get("unit", "pixels")
     diff = f"max abs {meta['output']} difference {c['max_abs_diff']:.2e}, " if "max_abs_diff" in c else ""
     print(
         f"exported net {meta['net']} ({meta['output']}) to {args.onnx}: onnxruntime vs PyTorch on "
-        f"{len(c['scans'])} scans: {diff}label agreement {100 * c['agreement']:.4f} % of {c['pixels']:,} pixels "
-        f"({c['near_ties']} near-ties left out; {100 * c['agreement_all_pixels']:.4f} % of all)"
+        f"{len(c['scans'])} scans: {diff}label agreement {100 * c['agreement']:.4f} % of {c[unit]:,} {unit} "
+        f"({c['near_ties']} near-ties left out; {100 * c[f'agreement_all_{unit}']:.4f} % of all)"
     )
+    if meta.get("point_model"):
+        print(f"point model: batch size 1 and the {' x '.join(map(str, meta['input']['grid']))} grid are fixed "
+              "in the graph; no kNN")  # fmt: skip
     print(f"wrote {args.onnx} and {args.onnx.with_suffix('.json')}")
     return 0

@@ -12,6 +12,9 @@ complete (:class:`rangecps.eval.submit.StagedFolder`), so a failed or interrupte
 and an earlier one as it was; an existing non-empty ``--out`` is refused unless ``--overwrite``, and a second
 ``rangecps-infer`` writing to the same ``--out`` at once is refused (the folder's lock). A full disk or a folder that
 cannot be written is one line naming the file.
+
+A point model (an FRNet run, or its ONNX export) labels every point itself: no kNN runs (``--no-knn`` changes
+nothing), and ``summary.json`` records ``"point_model": true`` and ``"knn": null``.
 """
 
 from __future__ import annotations
@@ -169,7 +172,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ids": "train" if args.train_ids else "dataset",
             "geometry": seg.pipeline.to_dict()["geometry"],
             "geometry_warnings": notes,
-            "knn": seg.knn is not None,
+            "point_model": seg.point_model,
+            "knn": None if seg.point_model else seg.knn is not None,
             "scans": c.scans,
             "points": c.points,
             "non_finite_points": c.non_finite,

@@ -17,6 +17,10 @@ only Conv, LeakyRelu, Resize (bilinear, align_corners), Concat, Add and Shape (p
 models' Python shape checks and leaves Shape/Gather/Cast chains in the graph; ``exporter="torchscript"`` keeps it
 as a fallback for a machine without ``onnxscript``.
 
+Point models (FRNet) export through :mod:`rangecps.deploy.onnx_points` (inputs ``points`` (N, 4) float32 and
+``coors`` (N, 3) int64, output ``(N, K)``); :class:`OnnxRunner` runs both kinds (``runner(x)`` or
+``runner(points, coors)``) and :func:`compare_outputs` compares per-point outputs as it does per-pixel ones.
+
 The sidecar (:func:`write_sidecar`, ``OUT.onnx`` -> ``OUT.json``) carries what a deployment needs beside the
 graph: projection geometry, channel order, normalisation mean/std, class names, colours, the inverse label map
 (training ids -> dataset ids) and kNN post-processing parameters. Its content is assembled by the caller; this
@@ -191,7 +195,9 @@ class OnnxRunner:
 
     ``providers=None`` takes CUDAExecutionProvider when this onnxruntime build offers it, then the CPU.
     ``intra_op_threads`` sets the threads one op may use (None: onnxruntime's default, all cores).
-    ``runner(x)`` with ``x`` a ``(B, C, H, W) float32`` array or tensor returns the output as a numpy array.
+    ``runner(x)`` with ``x`` a ``(B, C, H, W) float32`` array or tensor returns the output as a numpy array; a
+    point model's ``runner(points, coors)`` takes ``(N, 4)`` float32 and ``(N, 3)`` int64 (one array per graph
+    input, in the graph's order, each converted to the input's dtype).
     """
 
     def __init__(
@@ -207,12 +213,18 @@ class OnnxRunner:
             options.intra_op_num_threads = intra_op_threads
         self.path = Path(path)
         self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
-        (self._input,) = self.session.get_inputs()
+        self._inputs = list(self.session.get_inputs())
+        self._input = self._inputs[0]
         (self._output,) = self.session.get_outputs()
 
     @property
     def input_name(self) -> str:
         return self._input.name
+
+    @property
+    def input_names(self) -> list[str]:
+        """Every graph input's name: ``["input"]`` for image models, ``["points", "coors"]`` for point models."""
+        return [i.name for i in self._inputs]
 
     @property
     def output_name(self) -> str:
@@ -228,30 +240,43 @@ class OnnxRunner:
         """The providers the session actually uses (a CUDA provider that failed to load is not listed)."""
         return list(self.session.get_providers())
 
-    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        expected = self.input_shape
-        fixed_ok = all(
-            not isinstance(e, int) or e == s for e, s in zip(expected[1:], x.shape[1:], strict=False)
-        )
-        if x.ndim != len(expected) or not fixed_ok:
-            raise ValueError(f"{self.path}: expects input {tuple(expected)}, got {x.shape}")
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+    def __call__(self, *inputs: np.ndarray | torch.Tensor) -> np.ndarray:
+        if len(inputs) != len(self._inputs):
+            raise ValueError(
+                f"{self.path}: takes {len(self._inputs)} input(s) {self.input_names}, got {len(inputs)}"
+            )
+        feed = {}
+        for spec, x in zip(self._inputs, inputs, strict=True):
+            if isinstance(x, torch.Tensor):
+                x = x.detach().cpu().numpy()
+            x = np.ascontiguousarray(x, dtype=np.int64 if spec.type == "tensor(int64)" else np.float32)
+            expected = list(spec.shape)
+            # Every named (symbolic) axis is dynamic; only the fixed sizes after the first axis are checked.
+            fixed_ok = all(
+                not isinstance(e, int) or e == s for e, s in zip(expected[1:], x.shape[1:], strict=False)
+            )
+            if x.ndim != len(expected) or not fixed_ok:
+                name = "input" if len(self._inputs) == 1 else f"input {spec.name!r}"
+                raise ValueError(f"{self.path}: expects {name} {tuple(expected)}, got {x.shape}")
+            feed[spec.name] = x
+        return self.session.run([self.output_name], feed)[0]
 
 
 def _labels(scores: np.ndarray) -> np.ndarray:
-    """``(B, K, H, W)`` scores -> ``(B, H, W)`` argmax over classes 1..K-1, plus 1."""
+    """``(B, K, H, W)`` (or per-point ``(N, K)``) scores -> argmax over classes 1..K-1, plus 1."""
     return scores[:, 1:].argmax(1) + 1
 
 
-def compare_outputs(torch_out: np.ndarray, onnx_out: np.ndarray, kind: str) -> dict[str, Any]:
+def compare_outputs(
+    torch_out: np.ndarray, onnx_out: np.ndarray, kind: str, unit: str = "pixels"
+) -> dict[str, Any]:
     """Compare the same output from PyTorch and ONNX Runtime.
 
-    ``kind`` "logits" / "probs": ``(B, K, H, W)`` arrays; gives ``max_abs_diff``, ``max_abs_torch`` (the scale
-    that difference is relative to) and ``agreement``, the fraction of pixels whose label (argmax over 1..K-1)
-    agrees. "labels": ``(B, H, W)`` arrays; gives ``agreement`` only. ``pixels`` counts the pixels compared.
+    ``kind`` "logits" / "probs": ``(B, K, H, W)`` arrays (a point model's: ``(N, K)``, with ``unit="points"``);
+    gives ``max_abs_diff``, ``max_abs_torch`` (the scale that difference is relative to) and ``agreement``, the
+    fraction of pixels (points) whose label (argmax over 1..K-1) agrees. "labels": ``(B, H, W)`` (``(N,)``)
+    arrays; gives ``agreement`` only. ``stats[unit]`` counts the pixels (points) compared; ``stats["unit"]``
+    names the unit when it is not pixels.
     """
     if kind not in OUTPUT_KINDS:
         raise ValueError(f"kind must be one of {OUTPUT_KINDS}, got {kind!r}")
@@ -265,7 +290,9 @@ def compare_outputs(torch_out: np.ndarray, onnx_out: np.ndarray, kind: str) -> d
         stats["max_abs_diff"] = float(np.abs(a.astype(np.float64) - b).max(initial=0.0))
         stats["max_abs_torch"] = float(np.abs(a).max(initial=0.0))
         equal = _labels(a) == _labels(b)
-    stats["pixels"] = int(equal.size)
+    if unit != "pixels":  # image models' stats keep their historical keys
+        stats["unit"] = unit
+    stats[unit] = int(equal.size)
     stats["agreement"] = float(equal.mean()) if equal.size else 1.0
     return stats
 
@@ -277,13 +304,14 @@ def check_agreement(
     ``max_abs_diff`` (logits/probs only) or ``min_agreement``. NaN figures fail."""
     diff = stats.get("max_abs_diff")
     agreement = stats["agreement"]
+    unit = stats.get("unit", "pixels")
     # Written as "not (x within limit)" so that NaN fails instead of slipping through a comparison.
     diff_bad = diff is not None and not diff <= max_abs_diff
     if diff_bad or not agreement >= min_agreement:
         shown = f"max abs diff {diff:.3g} (limit {max_abs_diff:g}), " if diff is not None else ""
         raise ValueError(
             f"ONNX {stats.get('kind', 'output')} disagrees with PyTorch: {shown}label agreement "
-            f"{agreement:.6f} (minimum {min_agreement}) over {stats.get('pixels', '?')} pixels"
+            f"{agreement:.6f} (minimum {min_agreement}) over {stats.get(unit, '?')} {unit}"
         )
 
 

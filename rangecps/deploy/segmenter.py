@@ -8,6 +8,11 @@ Projection, encoding, network, AMP and kNN are those of ``rangecps-eval``: the s
 :class:`~rangecps.data.pipeline.ScanPipeline` (stored in the checkpoint) and the labels from
 :func:`~rangecps.eval.predict.segment_batch`, the function evaluation calls. ``from_onnx`` runs an exported model
 (``rangecps-export``) through onnxruntime with the same interface.
+
+Point models (FRNet) work the same way: the sample then carries the points (``ScanPipeline.sample(...,
+point_inputs=True)``), the network labels every point with a pixel itself and
+:func:`~rangecps.eval.predict_points.segment_point_batch` gives the labels; there is no kNN (``knn`` is None, and
+asking for it warns once and is ignored). ``probs`` are then each point's own softmax.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ from rangecps.deploy.sensors import geometry_difference, parse_sensor
 from rangecps.device import precision
 from rangecps.eval.evaluate import LoadedRun, choose_net, load_run, net_names
 from rangecps.eval.predict import Forward, knn_settings, net_forward, segment_batch
+from rangecps.eval.predict_points import (
+    PointForward,
+    per_scan_forward,
+    point_net_forward,
+    segment_point_batch,
+)
+from rangecps.models import is_point_model
 
 
 def load_nets(
@@ -50,11 +62,22 @@ class GeometryWarning(UserWarning):
     """The model runs on range images of another sensor than the one it was trained on."""
 
 
+def _no_knn_note(knn: bool | None, source: str) -> None:
+    """Warn (one line) that kNN asked for a point model is ignored."""
+    if knn:
+        warnings.warn(
+            f"{source}: kNN ignored: a point model (FRNet) predicts every point itself",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 @dataclass
 class Prediction:
     """One scan's result with ``return_probs``: ``labels`` (N,) train ids (or dataset ids with ``raw_ids``),
-    ``probs`` (N, K) float32 class probabilities of each point's pixel, ``non_finite`` the points with a NaN or
-    infinite value (labelled with the fallback class), ``without_pixel`` all points that had no pixel."""
+    ``probs`` (N, K) float32 class probabilities of each point's pixel (a point model: of the point itself),
+    ``non_finite`` the points with a NaN or infinite value (labelled with the fallback class), ``without_pixel``
+    all points that had no pixel."""
 
     labels: np.ndarray
     probs: np.ndarray
@@ -78,9 +101,11 @@ class Segmenter:
     :meth:`from_checkpoint` or :meth:`from_onnx`.
 
     Attributes:
-        forward: ``(B, C, H, W)`` normalised images -> ``(B, K, H, W)`` scores on ``device``.
+        forward: ``(B, C, H, W)`` normalised images -> ``(B, K, H, W)`` scores on ``device``; for a point model
+            a :data:`~rangecps.eval.predict_points.PointForward`, ``(points (P, 4), coors (P, 3), B, (H, W))`` ->
+            ``(P, K)`` scores.
         pipeline: geometry, encoding and classes (the geometry may be a sensor's other than the trained one).
-        knn: kNN parameters, or None to take each point's pixel class.
+        knn: kNN parameters, or None to take each point's pixel class (always None for a point model).
         scores_are_probs: the forward gives probabilities (an ensemble), not logits.
         trained_geometry: the geometry the model was trained on.
         net: the net that runs (``a``, ``teacher``, ``ensemble``, ...).
@@ -95,6 +120,7 @@ class Segmenter:
     net: str
     source: str
     counts: Counts = field(default_factory=Counts)
+    point_model: bool = False  # the net takes points (FRNet): forward is a PointForward, no kNN
 
     @classmethod
     def from_checkpoint(
@@ -113,19 +139,28 @@ class Segmenter:
             net: ``a`` / ``b`` / ``student`` / ``teacher`` / ``ensemble``; None: the net ``rangecps-eval`` scores.
             sensor: a preset name or geometry string (:mod:`rangecps.deploy.sensors`), or a Geometry; None: the
                 training geometry. Another geometry than the trained one warns (:class:`GeometryWarning`).
-            knn: kNN post-processing (None: the run's ``eval.knn``).
+            knn: kNN post-processing (None: the run's ``eval.knn``; a point model never runs it and warns when
+                it is asked for).
             amp: ``auto`` / ``bf16`` / ``fp16`` / ``off`` (None: the run's ``train.amp``, as rangecps-eval).
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         run, chosen, nets, pipeline = load_nets(path, device, net)
         cfg = run.cfg
-        prec = precision(cfg.train.amp if amp is None else amp, cfg.train.channels_last, device)
+        point_model = is_point_model(cfg.model.name)
+        # As rangecps-eval does, so that both label alike (point models train and run without channels_last).
+        prec = precision(
+            cfg.train.amp if amp is None else amp, cfg.train.channels_last and not point_model, device
+        )
         if prec.channels_last:
             for n in nets:
                 n.to(memory_format=torch.channels_last)
-        use_knn = cfg.eval.knn if knn is None else knn
+        if point_model:
+            _no_knn_note(knn, str(run.path))
+        use_knn = not point_model and (cfg.eval.knn if knn is None else knn)
         seg = cls(
-            forward=net_forward(nets, prec.amp, prec.channels_last),
+            forward=point_net_forward(nets, prec.amp)
+            if point_model
+            else net_forward(nets, prec.amp, prec.channels_last),
             pipeline=pipeline,
             device=device,
             knn=knn_settings(cfg.eval) if use_knn else None,
@@ -133,6 +168,7 @@ class Segmenter:
             trained_geometry=pipeline.geometry,
             net=chosen,
             source=str(run.path),
+            point_model=point_model,
         )
         return seg.for_sensor(sensor) if sensor is not None else seg
 
@@ -146,7 +182,10 @@ class Segmenter:
         providers: list[str] | None = None,
     ) -> Segmenter:
         """Run an exported model (``rangecps-export``) through onnxruntime; the JSON sidecar beside it gives the
-        pipeline and kNN parameters. Outputs equal :meth:`from_checkpoint`'s within the export's tolerance."""
+        pipeline and kNN parameters. Outputs equal :meth:`from_checkpoint`'s within the export's tolerance.
+
+        A point model's graph takes one scan at a time on the frustum grid it was exported with (the sidecar's
+        ``input.grid``): batches run scan by scan, and another sensor's grid is refused when predicting."""
         from rangecps.deploy.onnx import OnnxRunner, read_sidecar
 
         meta = read_sidecar(path)
@@ -154,15 +193,41 @@ class Segmenter:
         runner = OnnxRunner(path, providers=providers)
         kind = meta["output"]
         num_classes = len(meta["pipeline"]["class_names"])
+        point_model = bool(meta.get("point_model", False))
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            out = torch.from_numpy(np.asarray(runner(x.float().cpu().numpy()))).to(device)
+        def scores(out: np.ndarray, channel_dim: int) -> torch.Tensor:
+            t = torch.from_numpy(np.asarray(out)).to(device)
             if kind == "labels":  # argmax-only models: one-hot scores give back the same classes
-                return torch.nn.functional.one_hot(out, num_classes).permute(0, 3, 1, 2).float()
-            return out
+                return torch.nn.functional.one_hot(t, num_classes).movedim(-1, channel_dim).float()
+            return t
+
+        forward: Forward | PointForward
+        if point_model:
+            graph_grid = tuple(int(v) for v in meta["input"]["grid"])
+
+            def single(points: torch.Tensor, coors: torch.Tensor) -> torch.Tensor:
+                return scores(runner(points.float().cpu().numpy(), coors.cpu().numpy()), 1)
+
+            batched = per_scan_forward(single)
+
+            def forward(
+                points: torch.Tensor, coors: torch.Tensor, batch_size: int, grid: tuple[int, int]
+            ) -> torch.Tensor:
+                if tuple(grid) != graph_grid:
+                    raise ValueError(
+                        f"{path}: exported for the frustum grid {graph_grid[0]}x{graph_grid[1]}, got range images "
+                        f"of {grid[0]}x{grid[1]}; export again at that geometry or use Segmenter.from_checkpoint"
+                    )
+                return batched(points, coors, batch_size, grid)
+
+            _no_knn_note(knn, str(path))
+        else:
+
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                return scores(runner(x.float().cpu().numpy()), 1)
 
         pipeline = ScanPipeline.from_dict(meta["pipeline"])
-        use_knn = meta["knn"]["enabled"] if knn is None else knn
+        use_knn = not point_model and (meta["knn"]["enabled"] if knn is None else knn)
         seg = cls(
             forward=forward,
             pipeline=pipeline,
@@ -172,6 +237,7 @@ class Segmenter:
             trained_geometry=pipeline.geometry,
             net=meta["net"],
             source=str(path),
+            point_model=point_model,
         )
         return seg.for_sensor(sensor) if sensor is not None else seg
 
@@ -217,14 +283,19 @@ class Segmenter:
         if len(rings) != len(clouds):
             raise ValueError(f"predict: {len(clouds)} scans but {len(rings)} ring arrays")
         samples = [
-            self.pipeline.sample(p, r, i, f"scan {i}")
+            self.pipeline.sample(p, r, i, f"scan {i}", point_inputs=self.point_model)
             for i, (p, r) in enumerate(zip(clouds, rings, strict=True))
         ]
         batch = collate(samples)
-        _, _, scans = segment_batch(
-            self.forward, batch, self.device, self.num_classes, self.knn, return_probs,
-            self.scores_are_probs,
-        )  # fmt: skip
+        if self.point_model:
+            _, scans = segment_point_batch(
+                self.forward, batch, self.device, self.num_classes, return_probs, self.scores_are_probs
+            )
+        else:
+            _, _, scans = segment_batch(
+                self.forward, batch, self.device, self.num_classes, self.knn, return_probs,
+                self.scores_are_probs,
+            )  # fmt: skip
         out: list[Any] = []
         for scan, bad in zip(scans, batch["non_finite"].tolist(), strict=True):
             labels = scan.labels.cpu().numpy()

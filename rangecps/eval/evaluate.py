@@ -8,6 +8,13 @@ Three numbers, each from its own confusion matrix (ignore class 0 not counted):
 - ``point_knn``: every point re-labelled by the kNN vote of :mod:`rangecps.eval.knn` (RangeNet++ post-processing,
   ``eval.knn_*`` of the config). The official benchmarks score points, so this is the headline with kNN on.
 
+Point models (FRNet: ``rangecps.models.is_point_model``) predict every point with a pixel themselves: their runs
+are scored on points natively, with the ``point`` level alone (each point's own prediction; a point without a
+pixel takes the class the scan's predicted points take most often). No kNN runs: ``metrics.json`` records
+``"knn": null`` and ``"point_model": true``, and ``--knn`` given for such a run is ignored with a one-line note
+(``notes``, printed by the report). The scans are read with ``point_inputs=True``
+(:mod:`rangecps.eval.predict_points`).
+
 Each level's mIoU follows the official evaluator of the dataset (:func:`rangecps.eval.metrics.official_convention`):
 semantic-kitti-api for (Scribble)KITTI, where a class absent from ground truth and predictions counts 0 in the
 mean, nuscenes-devkit for nuScenes, where it is left out; ``metrics.json`` gives the other convention's figure
@@ -42,7 +49,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +66,11 @@ from rangecps.data.pipeline import ScanPipeline
 from rangecps.device import precision
 from rangecps.eval.metrics import ConfusionMatrix, official_convention
 from rangecps.eval.predict import knn_settings, net_forward, segment_batch
-from rangecps.eval.report import LEVELS, level_dict
+from rangecps.eval.predict_points import point_net_forward, segment_point_batch
+from rangecps.eval.report import LEVELS, POINT_MODEL_LEVEL, level_dict
 from rangecps.eval.submit import PREDICTION_TREES, StagedFolder, check_out_folder, make_writer, write_manifest
 from rangecps.methods import METHODS
-from rangecps.models import build_model
+from rangecps.models import build_model, is_point_model
 
 
 @dataclass
@@ -153,8 +161,11 @@ def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = (), devi
     return LoadedRun(path=path, cfg=cfg, state=state, nets=nets)
 
 
-def _open_split(run: LoadedRun, split: str, write: bool) -> tuple[DataBundle, RangeDataset, bool]:
-    """The run's data, ``split`` as a dataset, and whether it has labels; refuses what cannot be evaluated."""
+def _open_split(
+    run: LoadedRun, split: str, write: bool, point_inputs: bool = False
+) -> tuple[DataBundle, RangeDataset, bool]:
+    """The run's data, ``split`` as a dataset (with the points of a point model when ``point_inputs``), and
+    whether it has labels; refuses what cannot be evaluated."""
     cfg = run.cfg
     if not Path(cfg.data.root).exists():
         raise FileNotFoundError(
@@ -166,7 +177,7 @@ def _open_split(run: LoadedRun, split: str, write: bool) -> tuple[DataBundle, Ra
         raise ValueError(
             f"{run.path}: trained on classes {trained}, but {cfg.data.dataset} has {data.label_map.names}"
         )
-    dataset = data.dataset(split)
+    dataset = data.dataset(split, point_inputs=point_inputs)
     if "pipeline" in run.state["derived"]:
         # Normalise with the statistics the network was trained with, which the checkpoint holds, not with the
         # root's statistics of today (a root prepared again, or one without training scans, has others).
@@ -229,7 +240,8 @@ def evaluate(
     """Evaluate ``checkpoint`` (a file or a run folder) on ``split``; returns what ``metrics.json`` holds.
 
     Args:
-        knn: run the kNN post-processing (None: the config's ``eval.knn``).
+        knn: run the kNN post-processing (None: the config's ``eval.knn``). A point model (FRNet) never runs it:
+            ``True`` is ignored with a note (``result["notes"]``).
         net: a net of the checkpoint (``a``, ``b``, ``student``, ``teacher``) or ``ensemble``; None: net a for
             sup_only and CPS runs, the teacher for Mean Teacher and LaserMix runs.
         out: results folder (default ``<run>/eval_<split>_<net>``); receives ``metrics.json``, when asked
@@ -257,9 +269,13 @@ def evaluate(
     held = net_names(run.state)
     net = choose_net(net, held, cfg.train.method, run.path)
     nets = run.nets if net == "ensemble" else [run.nets[held.index(net)]]
-    knn = cfg.eval.knn if knn is None else knn
+    point_model = is_point_model(cfg.model.name)
+    notes = []
+    if point_model and knn:
+        notes.append(f"--knn ignored: {cfg.model.name} is a point model and predicts every point itself")
+    knn = False if point_model else (cfg.eval.knn if knn is None else knn)
     write = write_predictions or submission
-    data, dataset, has_labels = _open_split(run, split, write)
+    data, dataset, has_labels = _open_split(run, split, write, point_model)
     default_dir = run.path.parent / f"eval_{split}_{net}"
     out_dir = Path(out) if out is not None else default_dir
     own = out_dir.resolve() == default_dir.resolve()  # the tool's own folder: replaced without asking
@@ -272,9 +288,14 @@ def evaluate(
 
     k, names = data.num_classes, list(data.label_map.names)
     convention = official_convention(cfg.data.dataset)
-    cms = {level: ConfusionMatrix(k) for level in LEVELS if knn or level != "point_knn"}
+    if point_model:
+        cms = {"point": ConfusionMatrix(k)}
+    else:
+        cms = {level: ConfusionMatrix(k) for level in LEVELS if knn or level != "point_knn"}
     knn_params = knn_settings(cfg.eval)
     prec = precision(cfg.train.amp, cfg.train.channels_last, device)
+    if point_model:  # FRNet trains without channels_last (its convolutions see maps it builds itself)
+        prec = replace(prec, channels_last=False)
     amp, channels_last = prec.amp, prec.channels_last
     for n in nets:
         n.to(memory_format=torch.channels_last if channels_last else torch.preserve_format)
@@ -294,10 +315,14 @@ def evaluate(
         no_pixel = non_finite = 0
         start = time.perf_counter()
         forward = net_forward(nets, amp, channels_last)
+        forward_points = point_net_forward(nets, amp)
         for batch in tqdm(loader, desc=f"eval {split} ({net})", disable=not progress, dynamic_ncols=True):
-            pred, mask, scans = segment_batch(forward, batch, device, k, knn_params if knn else None)
-            if has_labels:
-                cms["range_pixel"].update(batch["label"].to(device)[mask], pred[mask])
+            if point_model:
+                _, scans = segment_point_batch(forward_points, batch, device, k)
+            else:
+                pred, mask, scans = segment_batch(forward, batch, device, k, knn_params if knn else None)
+                if has_labels:
+                    cms["range_pixel"].update(batch["label"].to(device)[mask], pred[mask])
             if "non_finite" in batch:
                 non_finite += int(batch["non_finite"].sum())
             for b, scan in enumerate(scans):
@@ -333,16 +358,21 @@ def evaluate(
             "net": net,
             "net_names": list(held),
             "nets_in_checkpoint": len(run.nets),
-            "knn": {"enabled": knn, **knn_params},
+            "point_model": point_model,
+            "knn": None if point_model else {"enabled": knn, **knn_params},  # null: no kNN, a point model
             "image": {"height": data.geometry.height, "width": data.geometry.width},
             "class_names": names,
             "headline": ("point_knn" if knn else "point") if has_labels else None,
             "points_without_pixel": no_pixel,
             "non_finite_points": non_finite,
             "miou_convention": convention,
-            "levels": {lv: level_dict(cm, names, LEVELS[lv], convention) for lv, cm in cms.items()}
+            "levels": {
+                lv: level_dict(cm, names, POINT_MODEL_LEVEL if point_model else LEVELS[lv], convention)
+                for lv, cm in cms.items()
+            }
             if has_labels
             else {},
+            "notes": notes,
             "device": str(device),
             "precision": prec.record(),
             "seconds": round(seconds, 3),
@@ -353,7 +383,8 @@ def evaluate(
             description = {
                 "method name": f"rangecps {cfg.model.name} {cfg.train.method}",
                 "method description": f"range-view {cfg.model.name} trained with {cfg.train.method} on "
-                f"{cfg.data.labels} labels; net {net}; kNN post-processing {'on' if knn else 'off'}",
+                f"{cfg.data.labels} labels; net {net}; kNN post-processing "
+                + ("none (point model)" if point_model else "on" if knn else "off"),
             }
             try:
                 result["submission"] = [str(shown(p)) for p in writer.finish(description)]
@@ -371,7 +402,9 @@ def evaluate(
         # A folder with nothing new in it (no metrics, no predictions) does not replace the earlier one.
         if complete and (has_labels or writer is not None):
             info = {key: result[key] for key in ("checkpoint", "step", "revision", "eval_revision", "net")}
-            info.update(tool="rangecps-eval", split=split, scans=len(dataset), knn=knn)
+            info.update(
+                tool="rangecps-eval", split=split, scans=len(dataset), knn=None if point_model else knn
+            )
             try:
                 write_manifest(stage.path, {**info, "predictions": writer is not None})
                 stage.publish()

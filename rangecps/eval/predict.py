@@ -5,6 +5,9 @@ A *forward* maps a batch of inputs ``(B, C, H, W)`` to scores ``(B, K, H, W)``: 
 mean softmax probabilities (:func:`net_forward`; an ONNX model's output plays the same part). Pixel predictions are
 the argmax over classes 1..K-1 (the ignore class 0 is never predicted); points take their pixel's class, or the
 kNN vote (:mod:`rangecps.eval.knn`), and points without a pixel the scan's most frequent class.
+
+Point models (FRNet), which predict every point themselves, have their own path in
+:mod:`rangecps.eval.predict_points`; it returns the same :class:`ScanPrediction` objects.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ LEVELS = {
     "point": "point-level mIoU (no kNN)",
     "range_pixel": "range-pixel mIoU (the number the published semi-supervised range-view tables report)",
 }
+# The one level of a point model (FRNet), which predicts every point itself.
+POINT_MODEL_LEVEL = "point-level mIoU (point model: each point's own prediction, no kNN)"
 
 
 def level_dict(
@@ -51,7 +53,7 @@ def format_report(result: dict[str, Any]) -> str:
     names = result.get("net_names", ["a", "b"])
     net = f"ensemble of nets {' and '.join(names)}" if result["net"] == "ensemble" else f"net {result['net']}"
     levels = result["levels"]
-    notes = non_finite_note(result)
+    notes = [f"note: {note}" for note in result.get("notes", [])] + non_finite_note(result)
     if not levels:
         return "\n".join(
             [
