@@ -52,13 +52,18 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class GlooSyncBatchNorm(nn.BatchNorm2d):
+class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm whose statistics cover the batches of all processes, on any device.
 
     torch's ``SyncBatchNorm`` runs on GPUs only; this one all-reduces per-channel sums through the differentiable
     ``torch.distributed.nn.functional.all_reduce``, so a CPU (gloo) run normalises exactly like one process
-    holding the combined batch. Outside a multi-process training forward it is a plain ``BatchNorm2d``.
+    holding the combined batch. It takes (N, C) point features (FRNet's ``BatchNorm1d``) as well as (N, C, H, W)
+    maps. Outside a multi-process training forward it is a plain batch norm.
     """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 4):
+            raise ValueError(f"expected (N, C) or (N, C, H, W) input, got shape {tuple(x.shape)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
@@ -67,26 +72,32 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
 
         c = x.shape[1]
         xf = x.float()
+        dims = (0, 2, 3) if x.dim() == 4 else (0,)
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        # Two passes, the mean first: E[x^2] - E[x]^2 in float32 loses the variance of raw coordinates (FRNet's
+        # first norm sees metres), which one process's batch norm keeps.
         count = torch.full((1,), xf.numel() / c, dtype=xf.dtype, device=x.device)
-        stats = all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]))
-        total = stats[-1]
-        mean = stats[:c] / total
-        var = (stats[c : 2 * c] / total - mean * mean).clamp_min(0)
+        first = all_reduce(torch.cat([xf.sum(dims), count]))
+        total = first[-1]
+        mean = first[:c] / total
+        centered = xf - mean.view(shape)
+        var = all_reduce((centered * centered).sum(dims)) / total
         with torch.no_grad():
             m = self.momentum if self.momentum is not None else 0.1
             self.running_mean.mul_(1 - m).add_(m * mean.detach())
             self.running_var.mul_(1 - m).add_(m * var.detach() * total / (total - 1).clamp_min(1))
             self.num_batches_tracked.add_(1)
-        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
-        return (y * self.weight[None, :, None, None] + self.bias[None, :, None, None]).to(x.dtype)
+        y = centered * torch.rsqrt(var + self.eps).view(shape)
+        return (y * self.weight.view(shape) + self.bias.view(shape)).to(x.dtype)
 
 
 def convert_sync_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
-    """Replace every ``BatchNorm2d`` by a synchronised one: torch's on CUDA, :class:`GlooSyncBatchNorm` elsewhere."""
+    """Replace every ``BatchNorm2d`` and ``BatchNorm1d`` by a synchronised one: torch's on CUDA,
+    :class:`GlooSyncBatchNorm` elsewhere."""
     if device_type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
+        if type(child) in (nn.BatchNorm2d, nn.BatchNorm1d):
             new = GlooSyncBatchNorm(
                 child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
             )

@@ -85,16 +85,22 @@ def test_bad_config_is_refused_before_work(tmp_path: Path, capsys: pytest.Captur
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-@pytest.mark.parametrize("method", ["cps", "lasermix"])
-def test_ddp_two_processes_equal_one_process(synthetic_kitti: Path, tmp_path: Path, method: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "model"), [("cps", "fidnet"), ("lasermix", "fidnet"), ("cps_lasermix", "frnet")]
+)
+def test_ddp_two_processes_equal_one_process(
+    synthetic_kitti: Path, tmp_path: Path, method: str, model: str
+) -> None:
     """Two processes with one scan each train as one process with both: nets, and for LaserMix the EMA teacher
-    (its batch norm synchronised) and the partitions (drawn for the global batch)."""
+    (its batch norm synchronised) and the partitions (drawn for the global batch). FRNet: its point batch norms
+    are synchronised too, and every point loss is a mean over scans."""
     root = tmp_path / "data"
     shutil.copytree(synthetic_kitti, root)  # its own prep folder: both runs read the same index
     common = [
         f"data.root={root}",
         *TINY,
         f"train.method={method}",
+        f"model.name={model}",
         "semi.pseudo_threshold=0.0",
         "train.epochs=1",
         "train.max_steps=2",
@@ -121,7 +127,15 @@ def test_ddp_two_processes_equal_one_process(synthetic_kitti: Path, tmp_path: Pa
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert load_checkpoint(tmp_path / "two" / "last.pt")["derived"]["world_size"] == 2
-    assert_same(params(tmp_path / "one" / "last.pt"), params(tmp_path / "two" / "last.pt"), atol=1e-5)
+    one, two = params(tmp_path / "one" / "last.pt"), params(tmp_path / "two" / "last.pt")
+    if model == "frnet":
+        # FRNet's first norm sees raw coordinates (variance ~200 m^2): torch's one-process CPU batch norm takes
+        # that variance 3e-4 off the float64 value, the synchronised norm's two passes within 1e-7. Compare it at
+        # the one-process side's own accuracy.
+        for a, b in zip(one, two, strict=True):
+            key = "encoder.pre_norm.running_var"
+            torch.testing.assert_close(a.pop(key), b.pop(key), rtol=1e-3, atol=0)
+    assert_same(one, two, atol=1e-5)
 
 
 def test_best_checkpoint_keeps_each_nets_best(synthetic_kitti: Path, tmp_path: Path) -> None:
