@@ -27,7 +27,8 @@ The ``configs/synthetic`` sizes: ``--model-width 0.125 --height 64 --width-px 51
 ``--points`` random points per scan in a ``--height`` x ``--width-px`` frustum grid (the release: 64x512 on
 SemanticKITTI, about 120k points a scan), and also one FIDNet ``sup_only`` step at ``--fidnet-width-px`` (default
 2048, FIDNet's own image) with the same net width, so that the two networks' costs stand side by side
-(``vs_fidnet_sup_only``). The synthetic FRNet configs: ``--model frnet --model-width 0.25 --width-px 512``.
+(``vs_fidnet_sup_only``; ``--fidnet-model-width`` sets its width). The synthetic configs side by side:
+``--model frnet --model-width 0.25 --width-px 512 --fidnet-model-width 0.125 --fidnet-width-px 512``.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ def time_in_child(
         "--points",
         str(args.points),
         "--model-width",
-        str(args.model_width),
+        str((args.fidnet_model_width or args.model_width) if fidnet_reference else args.model_width),
         "--height",
         str(args.height),
         "--width-px",
@@ -262,6 +263,11 @@ def main() -> int:
         type=int,
         default=2048,
         help="frnet: image width of the FIDNet sup_only reference",
+    )
+    parser.add_argument(
+        "--fidnet-model-width",
+        type=float,
+        help="frnet: width of the FIDNet reference (default: --model-width)",
     )
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width-px", type=int, default=2048)
@@ -323,7 +329,8 @@ def main() -> int:
     print(f"precision: autocast {prec['amp']}, channels_last {prec['channels_last']} ({prec['reason']})")
     if reference is not None:
         print(
-            f"FIDNet sup_only, width {args.model_width}, {args.height}x{args.fidnet_width_px}: "
+            f"FIDNet sup_only, width {args.fidnet_model_width or args.model_width}, {args.height}x"
+            f"{args.fidnet_width_px}: "
             f"{reference['step_s']:.3f} s a step, peak {reference['peak_memory_mib']:.0f} MiB; "
             + ", ".join(f"{m} {r['vs_fidnet_sup_only']:.2f}x" for m, r in results.items())
         )
