@@ -40,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,7 @@ def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> d
         return out
 
     labeled, unlabeled = batch(True), (batch(False) if spec.unlabeled else None)
+    step_losses = partial(point_step, grid=(args.height, args.width_px)) if point else cps_step
     step_generator = torch.Generator().manual_seed(0)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -147,33 +149,9 @@ def time_steps(method: str, args: argparse.Namespace, device: torch.device) -> d
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            if point:
-                losses = point_step(
-                    nets,
-                    labeled,
-                    unlabeled,
-                    method,
-                    cfg,
-                    None,
-                    step_generator,
-                    grid=(args.height, args.width_px),
-                    semi=semi,
-                    mixer=mixer,
-                    step=i,
-                )
-            else:
-                losses = cps_step(
-                    nets,
-                    labeled,
-                    unlabeled,
-                    method,
-                    cfg,
-                    None,
-                    step_generator,
-                    semi=semi,
-                    mixer=mixer,
-                    step=i,
-                )
+            losses = step_losses(
+                nets, labeled, unlabeled, method, cfg, None, step_generator, semi=semi, mixer=mixer, step=i
+            )
         for o in opts:
             o.zero_grad(set_to_none=True)
         scaler.scale(losses["loss"]).backward()

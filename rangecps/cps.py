@@ -25,7 +25,7 @@ from torch import nn
 from rangecps.config import LossConfig, SemiConfig
 from rangecps.data.lasermix import LaserMix, mix_pairs, pair_indices
 from rangecps.losses import cps_loss
-from rangecps.methods import METHODS
+from rangecps.methods import METHODS, method_spec
 from rangecps.supervision import TERMS, per_scan, pseudo_labels, supervised_loss
 from rangecps.teacher import mean_teacher_step
 
@@ -117,11 +117,7 @@ def cps_step(
         ``consistency``, ``mix_*``, ``pseudo_share`` (share of valid unlabeled pixels given a pseudo-label) and the
         supervised terms ``ce``, ``dice``, ``lovasz``, ``boundary`` of the labeled batch (averaged over nets).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    spec = METHODS[method]
-    if len(nets) != len(spec.nets):
-        raise ValueError(f"{method} takes {len(spec.nets)} net(s) ({', '.join(spec.nets)}), got {len(nets)}")
+    spec = method_spec(method, len(nets))
     if method == "sup_only":
         return _sup_only(nets[0], labeled, cfg, class_weight)
     if unlabeled is None:

@@ -34,3 +34,13 @@ METHODS: dict[str, Method] = {
     "lasermix": Method(("student", "teacher"), 1, "teacher", mixes=True),
     "cps_lasermix": Method(("a", "b"), 2, "a", mixes=True),
 }
+
+
+def method_spec(method: str, num_nets: int) -> Method:
+    """``METHODS[method]``, refusing an unknown method or a wrong number of nets with a one-line ValueError."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    spec = METHODS[method]
+    if num_nets != len(spec.nets):
+        raise ValueError(f"{method} takes {len(spec.nets)} net(s) ({', '.join(spec.nets)}), got {num_nets}")
+    return spec

@@ -33,7 +33,7 @@ from torch import nn
 from rangecps.config import LossConfig, SemiConfig
 from rangecps.data.lasermix import LaserMix, mix_point_pairs, pair_indices
 from rangecps.losses import cps_loss, cross_entropy, cross_entropy_all_pixels, softmax_mse
-from rangecps.methods import METHODS
+from rangecps.methods import method_spec
 from rangecps.models.frnet import frustum_labels
 from rangecps.supervision import TERMS, head_terms, pseudo_labels
 from rangecps.teacher import rampup
@@ -305,11 +305,7 @@ def point_step(
         The keys of :func:`rangecps.cps.cps_step`; ``pseudo_share`` is the share of unlabeled points given a
         pseudo-label.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    spec = METHODS[method]
-    if len(nets) != len(spec.nets):
-        raise ValueError(f"{method} takes {len(spec.nets)} net(s) ({', '.join(spec.nets)}), got {len(nets)}")
+    spec = method_spec(method, len(nets))
     if method == "sup_only":
         terms = point_supervised_loss(_forward(nets[0], labeled, grid, aux=True), labeled, cfg, class_weight)
         return {
