@@ -12,9 +12,10 @@ from rangecps.data.cache import cache_key, cache_mismatch
 from rangecps.data.dataset import InputStats, RangeDataset
 from rangecps.data.index import DatasetIndex, Geometry
 from rangecps.data.prep import load_prepared, note, prep_dir
-from rangecps.data.scan_mixing import build_mixing
+from rangecps.data.scan_mixing import SphericalImage, build_mixing, interpolation_image
 from rangecps.data.splits import LabeledSplit, make_split
 from rangecps.labels import LabelMap, load_label_map
+from rangecps.models import is_point_model
 
 # Synthetic datasets that `rangecps-train` makes on first use, and the simulator format of each.
 SYNTHETIC_FORMATS = {
@@ -43,6 +44,8 @@ class DataBundle:
     split_seed: int = 0  # data.split_seed
     encoding: str = "normalised"  # data.input
     prep_dir: Path | None = None  # data.prep_dir; None: <root>/rangecps
+    # Evaluation-time RangeInterpolation of a point model trained with it (see eval_interpolation); None: none.
+    interpolation: SphericalImage | None = None
     _split: LabeledSplit | None = field(default=None, init=False, repr=False)
     _cache_checked: bool = field(default=False, init=False, repr=False)
     _cache_folder: Path | None = field(default=None, init=False, repr=False)
@@ -84,14 +87,19 @@ class DataBundle:
         seed: int = 0,
         with_points: bool = True,
         point_inputs: bool = False,
+        interpolate: bool = False,
     ) -> RangeDataset:
         """A :class:`RangeDataset` of ``split`` (restricted to ``ids``), with labels, train-time augmentation and
         per-point arrays when asked. ``point_inputs``: also the points and the batch keys of point-based networks
         (FRNet; see :mod:`rangecps.data.dataset`); such a dataset reads the scans, never the range-image cache.
-        ``augment``'s FRNet options (:mod:`rangecps.data.scan_mixing`) mix scans of this very dataset (``ids``)."""
+        ``augment``'s FRNet options (:mod:`rangecps.data.scan_mixing`) mix scans of this very dataset (``ids``).
+        ``interpolate``: an evaluation dataset of point inputs gets the run's :attr:`interpolation` (nothing when
+        the run has none); validation and ``rangecps-eval`` ask for it, training never does."""
         records = self.records(ids, split) if ids is not None else self.index.split(split)
         native = self.dataset_cls.geometry
         mixing = build_mixing(augment, self.label_map, self.geometry, native) if augment is not None else None
+        if interpolate and (not point_inputs or augment is not None):
+            raise ValueError("DataBundle.dataset: interpolate is for evaluation datasets of point inputs")
         return RangeDataset(
             self.root,
             records,
@@ -107,6 +115,7 @@ class DataBundle:
             roll=augment is not None and augment.roll,
             point_inputs=point_inputs,
             mixing=mixing,
+            interpolation=self.interpolation if interpolate else None,
         )
 
     def cache_dir(self) -> Path | None:
@@ -143,6 +152,16 @@ def resolve_geometry(dataset_cls: type, height: int | None, width: int | None) -
     return replace(native, height=height or native.height, width=width or native.width)
 
 
+def eval_interpolation(cfg: Config) -> SphericalImage | None:
+    """The image evaluation interpolates a run's scans on: RangeInterpolation's (the dataset's full-resolution
+    range image, ``data.augment.frustum_fov`` when set) for a point model trained with
+    ``data.augment.range_interpolation``, as the FRNet release's val and test pipelines apply the step its train
+    pipeline applies; None for image models and point models trained without it. Needs no dataset root."""
+    if not is_point_model(cfg.model.name) or cfg.data.dataset not in DATASETS:
+        return None
+    return interpolation_image(cfg.data.augment, DATASETS[cfg.data.dataset].geometry)
+
+
 def ensure_synthetic(dataset: str, root: Path, progress: bool = True) -> None:
     """Make the default synthetic dataset at ``root`` if it is not there (so one command shows training work).
     When another process is making it at the same time, wait for it and use its dataset."""
@@ -176,4 +195,5 @@ def build_data(cfg: Config, progress: bool = True) -> DataBundle:
         split_seed=cfg.data.split_seed,
         encoding=cfg.data.input,
         prep_dir=folder,
+        interpolation=eval_interpolation(cfg),
     )

@@ -2,22 +2,25 @@
 
 A sample is one scan read from disk, augmented (training only), projected and normalised. Its keys:
 
-| key            | dtype, shape          | meaning                                                              |
-|----------------|-----------------------|----------------------------------------------------------------------|
-| ``input``      | float32 (C, H, W)     | C = 6: range, x, y, z, intensity, mask, encoded (see encoding.py)  |
-| ``label``      | int64 (H, W)          | train id of the point that won each pixel; 0 = ignore or empty       |
-| ``mask``       | bool (H, W)           | the pixel holds a point                                              |
-| ``rows``       | int64 (N,)            | pixel row of every point (occluded ones included); -1 without pixel  |
-| ``cols``       | int64 (N,)            | pixel column of every point; -1 without pixel                       |
-| ``depth``      | float32 (N,)          | range of every point (m)                                             |
-| ``point_label``| int64 (N,)            | train id of every point; 0 = ignore (also for unlabeled scans)       |
-| ``points``     | float32 (N, 4)        | point inputs only: x, y, z, intensity of every point, as augmented   |
-| ``point_valid``| bool (N,)             | point inputs only: the point has a pixel (``rows >= 0``)             |
-| ``num_points`` | int                   | N                                                                    |
-| ``index``      | int                   | position in the dataset                                             |
-| ``draw``       | int                   | the key of this draw's augmentation (see ``__getitem__``)          |
-| ``scan_id``    | str                   | ``SS/NNNNNN`` or the nuScenes sample token                           |
-| ``non_finite`` | int                   | points with a NaN / infinite value (no pixel; see ``project_scan``)  |
+| key              | dtype, shape      | meaning                                                             |
+|------------------|-------------------|---------------------------------------------------------------------|
+| ``input``        | float32 (C, H, W) | C = 6: range, x, y, z, intensity, mask, encoded (see encoding.py)   |
+| ``label``        | int64 (H, W)      | train id of the point that won each pixel; 0 = ignore or empty      |
+| ``mask``         | bool (H, W)       | the pixel holds a point                                             |
+| ``rows``         | int64 (N,)        | pixel row of every point (occluded ones included); -1 without pixel |
+| ``cols``         | int64 (N,)        | pixel column of every point; -1 without pixel                       |
+| ``depth``        | float32 (N,)      | range of every point (m)                                            |
+| ``point_label``  | int64 (N,)        | train id of every point; 0 = ignore (also for unlabeled scans)      |
+| ``points``       | float32 (N, 4)    | point inputs only: x, y, z, intensity of every point, as augmented  |
+| ``point_valid``  | bool (N,)         | point inputs only: the point has a pixel (``rows >= 0``)            |
+| ``extra_points`` | float32 (E, 4)    | interpolating evaluation only (below): added points with a pixel    |
+| ``extra_rows``   | int64 (E,)        | ... their pixel row                                                 |
+| ``extra_cols``   | int64 (E,)        | ... their pixel column                                              |
+| ``num_points``   | int               | N                                                                   |
+| ``index``        | int               | position in the dataset                                             |
+| ``draw``         | int               | the key of this draw's augmentation (see ``__getitem__``)           |
+| ``scan_id``      | str               | ``SS/NNNNNN`` or the nuScenes sample token                          |
+| ``non_finite``   | int               | points with a NaN / infinite value (no pixel; see ``project_scan``) |
 
 :func:`collate` stacks the images to (B, ...) and pads the per-point arrays to the longest scan of the batch
 (rows/cols -1, depth -1, labels 0), so ``num_points`` (B,) tells where each scan's points end. Training datasets
@@ -32,21 +35,32 @@ per-point arrays keep all N points in file order, so evaluation still labels eve
 False for them (their ``points`` row is kept as read, NaN included). :func:`collate` then adds, beside the padded
 arrays above:
 
-| key              | dtype, shape     | meaning                                                              |
-|------------------|------------------|----------------------------------------------------------------------|
-| ``points``       | float32 (P, 4)   | the points with a pixel, concatenated in batch then file order       |
-| ``coors``        | int64 (P, 3)     | (batch index, row, col) of each of them: FRNet's ``coors``           |
-| ``point_valid``  | bool (B, N_max)  | padded ``point_valid`` (False in the padding)                        |
-| ``point_counts`` | int64 (B,)       | P_b, the points with a pixel of scan b                               |
-| ``point_offsets``| int64 (B + 1,)   | scan b's points are ``points[point_offsets[b]:point_offsets[b + 1]]``|
+| key              | dtype, shape       | meaning                                                            |
+|------------------|--------------------|--------------------------------------------------------------------|
+| ``points``       | float32 (P + E, 4) | scan by scan: its P_b points with a pixel in file order, then its  |
+|                  |                    | E_b interpolated ones (evaluation-time RangeInterpolation, below)  |
+| ``coors``        | int64 (P + E, 3)   | (batch index, row, col) of each of them: FRNet's ``coors``         |
+| ``point_valid``  | bool (B, N_max)    | padded ``point_valid`` (False in the padding)                      |
+| ``point_counts`` | int64 (B,)         | P_b, the points with a pixel of scan b                             |
+| ``point_extra``  | int64 (B,)         | E_b, scan b's interpolated points; only in a batch with them       |
+| ``point_offsets``| int64 (B + 1,)     | scan b's P_b + E_b rows: ``point_offsets[b]:point_offsets[b + 1]``  |
 
-The batch's ``points`` are all finite. ``P = point_valid.sum()``, and the concatenation follows the row-major
-order of the padded mask, so a per-point output of the network goes back to every point with
-``padded[batch["point_valid"]] = out`` (points without a pixel keep what ``padded`` was filled with, e.g. the
-fallback class), and its training targets are ``batch["point_label"][batch["point_valid"]]``. With the option off
-the samples and batches are exactly the keys above. Cached range images (``rangecps-prep --cache``) hold no
-points: a point-input dataset ignores the cache and reads and projects the scans (the cache's augmentations equal
-the point ones, so the images are the same either way, up to points lying exactly on a column edge).
+The batch's ``points`` are all finite. Without interpolation (E = 0) ``P = point_valid.sum()``, and the
+concatenation follows the row-major order of the padded mask, so a per-point output of the network goes back to
+every point with ``padded[batch["point_valid"]] = out`` (points without a pixel keep what ``padded`` was filled
+with, e.g. the fallback class), and its training targets are ``batch["point_label"][batch["point_valid"]]``.
+With the option off the samples and batches are exactly the keys above (no ``point_extra``). Cached range images
+(``rangecps-prep --cache``) hold no points: a point-input dataset ignores the cache and reads and projects the
+scans (the cache's augmentations equal the point ones, so the images are the same either way, up to points lying
+exactly on a column edge).
+
+Evaluation-time RangeInterpolation (``RangeDataset(interpolation=...)``, point inputs of a run trained with
+``data.augment.range_interpolation``; the FRNet release's val / test pipelines): the network also sees the points
+:func:`~rangecps.data.scan_mixing.interpolated_points` adds, but every per-point key above still covers the N
+points of the file, in order, and the added points are never labelled or scored. The sample's ``extra_*`` keys
+hold the added points that have a pixel, in the order interpolation adds them; its images are the scan's own.
+:func:`~rangecps.data.point_batch.original_rows` picks the own rows of a batch's ``points``:
+``padded[batch["point_valid"]] = out[original_rows(batch)]``.
 """
 
 from __future__ import annotations
@@ -65,7 +79,8 @@ from rangecps.data.augment import Compose
 from rangecps.data.cache import augment_cached, cache_file, read_cached, usable
 from rangecps.data.encoding import InputEncoding
 from rangecps.data.index import Geometry, ScanRecord, read_scan
-from rangecps.data.scan_mixing import ScanMixing
+from rangecps.data.point_batch import collate_points, interpolation_keys
+from rangecps.data.scan_mixing import ScanMixing, SphericalImage
 from rangecps.io import Scan, ScanFormatError
 from rangecps.labels import LabelMap
 from rangecps.projection import Projection, pixel_labels, project_rings, project_spherical
@@ -176,6 +191,9 @@ class RangeDataset(Dataset):
         mixing: FRNet's FrustumMix, InstanceCopy, RangeInterpolation after ``augment`` (see
             :mod:`rangecps.data.scan_mixing`); an unlabeled dataset (``label_map`` None) applies RangeInterpolation
             only, the mixings need labels. Adds points, so the cache is not used with it.
+        interpolation: evaluation-time RangeInterpolation on this image (a point-input dataset without mixing:
+            the evaluation of a point model trained with it); the added points ride beside the scan's own
+            (``extra_*`` keys), which the per-point arrays still cover alone.
     """
 
     def __init__(
@@ -194,7 +212,10 @@ class RangeDataset(Dataset):
         roll: bool = False,
         point_inputs: bool = False,
         mixing: ScanMixing | None = None,
+        interpolation: SphericalImage | None = None,
     ) -> None:
+        if interpolation is not None and (not point_inputs or mixing is not None):
+            raise ValueError("RangeDataset: interpolation needs point_inputs and no mixing (evaluation)")
         self.root = Path(root)
         self.records = list(records)
         self.file_format = file_format
@@ -209,6 +230,7 @@ class RangeDataset(Dataset):
         self.epoch = 0
         self.encode = InputEncoding.make(encoding, file_format, stats.mean, stats.std)
         self.roll = roll
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.records)
@@ -253,8 +275,9 @@ class RangeDataset(Dataset):
         bad = int(non_finite(scan.points).sum())
         points = scan.points if self.point_inputs else None
         pixel_label = pixel_labels(labels, proj)
+        extra = interpolation_keys(scan, self.interpolation, self.geometry)
         return self._sample(
-            i, draw, image, pixel_label, proj.rows, proj.cols, proj.depth, labels, rng, bad, points
+            i, draw, image, pixel_label, proj.rows, proj.cols, proj.depth, labels, rng, bad, points, extra
         )
 
     def _read(self, i: int, rng: np.random.Generator) -> Scan:
@@ -275,10 +298,11 @@ class RangeDataset(Dataset):
         rng: np.random.Generator,
         bad: int = 0,
         points: np.ndarray | None = None,
+        extra: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
         """Pack the sample dict (see the module docstring) around the encoded (6, H, W) ``image``, rolling the
         columns of the images (and the points' columns) when ``roll``; ``points``: the projected (N, 4) points of a
-        point-input sample."""
+        point-input sample; ``extra``: its :func:`interpolation_keys`."""
         if self.roll:
             width = image.shape[-1]
             low, high = (100, width - 100) if width > 200 else (0, width - 1)
@@ -287,9 +311,11 @@ class RangeDataset(Dataset):
             image = np.roll(image, -shift, axis=-1)
             pixel_label = np.roll(pixel_label, -shift, axis=-1)
             cols = np.where(cols >= 0, (cols - shift) % width, cols)
+            if extra is not None:
+                extra = {**extra, "extra_cols": (extra["extra_cols"] - shift) % width}
         return pack_sample(
             image, pixel_label, rows, cols, depth, labels, i, draw, self.records[i].scan_id, self.with_points,
-            non_finite=bad, points=points,
+            non_finite=bad, points=points, extra=extra,
         )  # fmt: skip
 
 
@@ -306,12 +332,14 @@ def pack_sample(
     with_points: bool = True,
     non_finite: int = 0,
     points: np.ndarray | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """The sample dict of the module docstring around an encoded ``(6, H, W)`` image: what datasets and
     :class:`rangecps.data.pipeline.ScanPipeline` (inference on bare points) both hand to :func:`collate`.
 
     ``points``: the ``(N, >=4)`` points that were projected, for a point-input sample (adds ``points`` and
-    ``point_valid``, and the per-point arrays whatever ``with_points`` says)."""
+    ``point_valid``, and the per-point arrays whatever ``with_points`` says); ``extra``: the
+    :func:`interpolation_keys` of such a sample, added as they are."""
     sample: dict[str, Any] = {
         "input": torch.from_numpy(image),
         "label": torch.from_numpy(pixel_label),
@@ -332,6 +360,10 @@ def pack_sample(
             raise ValueError(f"pack_sample: points must be ({len(rows)}, >=4), got {points.shape}")
         sample["points"] = torch.from_numpy(np.ascontiguousarray(points[:, :4], dtype=np.float32))
         sample["point_valid"] = sample["rows"] >= 0
+    if extra is not None:
+        if points is None:
+            raise ValueError("pack_sample: interpolated points need the sample's own points")
+        sample.update(extra)
     return sample
 
 
@@ -372,45 +404,3 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if "points" in samples[0]:
         out.update(collate_points(samples))
     return out
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """``torch.empty``, in shared memory inside a loader worker (as :func:`_stack` allocates its result)."""
-    if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    first = torch.empty(0, dtype=dtype)
-    storage = first._typed_storage()._new_shared(max(1, int(np.prod(shape))), device=first.device)
-    return first.new(storage)[: int(np.prod(shape))].view(shape)
-
-
-def collate_points(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """The point-input keys of a batch (see the module docstring): the points with a pixel of every sample
-    concatenated, with their ``coors`` (batch index, row, col), counts, offsets and the padded ``point_valid``.
-
-    Written straight into its outputs with NumPy (torch's boolean indexing is several times slower on the one
-    thread a worker has), skipping the mask where every point has a pixel, as in nearly every real scan."""
-    n_max = max(s["num_points"] for s in samples)
-    valid = [s["point_valid"].numpy() for s in samples]
-    counts = torch.tensor([int(np.count_nonzero(v)) for v in valid], dtype=torch.int64)
-    every = [int(n) == len(v) for n, v in zip(counts, valid, strict=True)]
-    offsets = torch.zeros(len(samples) + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=offsets[1:])
-    total = int(offsets[-1])
-    points, coors = _empty((total, 4), torch.float32), _empty((total, 3), torch.int64)
-    mask = torch.zeros((len(samples), n_max), dtype=torch.bool)
-    p, c, m = points.numpy(), coors.numpy(), mask.numpy()
-    for b, s in enumerate(samples):
-        start, end = int(offsets[b]), int(offsets[b + 1])
-        v = valid[b]
-        m[b, : len(v)] = v
-        c[start:end, 0] = b
-        for column, array in ((1, s["rows"].numpy()), (2, s["cols"].numpy())):
-            c[start:end, column] = array if every[b] else array[v]
-        p[start:end] = s["points"].numpy() if every[b] else s["points"].numpy()[v]
-    return {
-        "points": points,
-        "coors": coors,
-        "point_valid": mask,
-        "point_counts": counts,
-        "point_offsets": offsets,
-    }

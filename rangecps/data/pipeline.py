@@ -8,7 +8,10 @@ dataset root; :meth:`ScanPipeline.sample` makes a sample exactly as a :class:`~r
 of the run's validation split makes it (same projection, same encoding, same keys), from points alone. For a
 point model (FRNet) ``sample(..., point_inputs=True)`` adds the points themselves, as a dataset with
 ``point_inputs=True`` does: collated, they give the network's ``points`` and ``coors`` (the range image's grid is
-the model's frustum grid, so the pipeline serves both kinds of model unchanged).
+the model's frustum grid, so the pipeline serves both kinds of model unchanged). A point model trained with
+``data.augment.range_interpolation`` records the image of its evaluation-time RangeInterpolation
+(``interpolation``, see :func:`rangecps.data.build.eval_interpolation`): its samples then carry the interpolated
+points too (the ``extra_*`` keys of :mod:`rangecps.data.dataset`), exactly as the run's evaluation datasets do.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import numpy as np
 from rangecps.data.dataset import CHANNELS, non_finite, pack_sample, project_scan
 from rangecps.data.encoding import InputEncoding
 from rangecps.data.index import Geometry
+from rangecps.data.point_batch import interpolation_keys
+from rangecps.data.scan_mixing import SphericalImage
 from rangecps.io import Scan
 
 if TYPE_CHECKING:
@@ -29,7 +34,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ScanPipeline:
-    """A run's geometry, encoding and classes. ``train_to_raw[k]`` is the dataset id written for train id k."""
+    """A run's geometry, encoding and classes. ``train_to_raw[k]`` is the dataset id written for train id k.
+    ``interpolation``: the image of a point model's evaluation-time RangeInterpolation, None for none; absent from
+    :meth:`to_dict` when None, so the pipelines of every other run are stored as they were."""
 
     geometry: Geometry
     encoding: InputEncoding
@@ -38,6 +45,7 @@ class ScanPipeline:
     class_names: tuple[str, ...]
     colors: tuple[tuple[int, int, int], ...]
     train_to_raw: tuple[int, ...]
+    interpolation: SphericalImage | None = None
 
     @classmethod
     def from_bundle(cls, data: DataBundle) -> ScanPipeline:
@@ -52,6 +60,7 @@ class ScanPipeline:
             class_names=tuple(lm.names),
             colors=tuple(tuple(int(v) for v in c) for c in lm.colors),
             train_to_raw=tuple(int(v) for v in lm.train_to_raw),
+            interpolation=data.interpolation,
         )
 
     @property
@@ -64,7 +73,10 @@ class ScanPipeline:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (checkpoints are loaded with ``weights_only=True``: no custom classes)."""
-        return _lists(asdict(self))
+        d = _lists(asdict(self))
+        if d["interpolation"] is None:
+            del d["interpolation"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScanPipeline:
@@ -81,6 +93,7 @@ class ScanPipeline:
             class_names=tuple(d["class_names"]),
             colors=tuple(tuple(c) for c in d["colors"]),
             train_to_raw=tuple(d["train_to_raw"]),
+            interpolation=SphericalImage(**d["interpolation"]) if d.get("interpolation") else None,
         )
 
     def with_geometry(self, geometry: Geometry) -> ScanPipeline:
@@ -106,6 +119,8 @@ class ScanPipeline:
             ring: ``(N,)`` laser index, needed when the geometry's rows are rings.
             point_inputs: also ``points`` (the ``(N, 4)`` array as given) and ``point_valid``, what a point
                 model (FRNet) reads; :func:`~rangecps.data.dataset.collate` turns them into ``points``/``coors``.
+                With ``interpolation`` also the ``extra_*`` keys of the interpolated points, which the network
+                sees and the per-point outputs leave out.
         Points with a non-finite value get no pixel (see :func:`~rangecps.data.dataset.project_scan`).
         """
         points = np.ascontiguousarray(points, dtype=np.float32)
@@ -121,9 +136,10 @@ class ScanPipeline:
         empty = np.zeros(len(points), np.int64)
         label = np.zeros((self.geometry.height, self.geometry.width), np.int64)
         bad = int(non_finite(points).sum())
+        extra = interpolation_keys(scan, self.interpolation, self.geometry) if point_inputs else None
         return pack_sample(
             image, label, proj.rows, proj.cols, proj.depth, empty, index, index, name, non_finite=bad,
-            points=points if point_inputs else None,
+            points=points if point_inputs else None, extra=extra,
         )  # fmt: skip
 
 

@@ -16,6 +16,9 @@ RangeInterpolation): every draw comes from the sample's generator, after the poi
 stays keyed by ``(seed, epoch, draw)`` whatever the loader workers. A mixing with probability p draws one number
 first and reads a second scan only when it mixes (the release checks its ``prob`` before it loads one); a
 mixing that is off draws nothing, and with every option off the dataset holds no :class:`ScanMixing` at all.
+
+A point model trained with RangeInterpolation is evaluated on scans densified the same way, as the release's val
+and test pipelines do (:func:`interpolated_points`; the batch keys are in :mod:`rangecps.data.dataset`).
 """
 
 from __future__ import annotations
@@ -93,6 +96,26 @@ def _image(geometry: Geometry, fov: tuple[float, float] | None) -> SphericalImag
     return SphericalImage(geometry.height, geometry.width, float(up), float(down))
 
 
+def interpolation_image(cfg: AugmentConfig, native: Geometry) -> SphericalImage | None:
+    """The image RangeInterpolation works on (``native``, the dataset's full-resolution range image, with
+    ``cfg.frustum_fov`` when set), or None when ``cfg.range_interpolation`` is off. Training's step and the
+    evaluation of a point model trained with it (:func:`interpolated_points`) use the same one."""
+    return _image(native, cfg.frustum_fov) if cfg.range_interpolation else None
+
+
+def interpolated_points(scan: Scan, image: SphericalImage) -> Scan:
+    """The points :func:`~rangecps.data.frnet_augment.range_interpolation` adds to ``scan`` on ``image``, alone.
+
+    Reads ``scan.points`` (N, 4) float32 and ``scan.ring`` (N,) or None; writes a Scan of the M added points in
+    their order (``points`` (M, 4) float32, ``ring`` (M,) int32 when ``scan`` has rings, ``labels`` None). This is
+    the release's evaluation-time RangeInterpolation (its val and test pipelines apply it and drop the added
+    points' predictions): the network sees them beside the scan's own points, the scores never count them."""
+    dense = range_interpolation(replace(scan, labels=None), **image.kwargs())
+    n = len(scan.points)
+    ring = dense.ring[n:] if dense.ring is not None else None
+    return replace(dense, points=dense.points[n:], ring=ring, labels=None)
+
+
 def build_mixing(
     cfg: AugmentConfig, label_map: LabelMap, geometry: Geometry, native: Geometry
 ) -> ScanMixing | None:
@@ -134,5 +157,5 @@ def build_mixing(
         frustum_image=_image(geometry, fov),
         instance_copy=float(cfg.instance_copy),
         instance_classes=classes,
-        interpolation=_image(native, fov) if cfg.range_interpolation else None,
+        interpolation=interpolation_image(cfg, native),
     )

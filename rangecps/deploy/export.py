@@ -15,6 +15,9 @@ A point model (FRNet) exports as :mod:`rangecps.deploy.onnx_points` describes: i
 the graph, as the sidecar's ``input`` says), output ``(N, K)`` logits, an ensemble's probabilities or, with
 ``--labels``, ``(N,)`` classes. The check runs each check scan through onnxruntime and the float32 PyTorch model
 (``FRNet.forward`` itself) and compares per point; the sidecar has ``"point_model": true`` and ``"knn": null``.
+A point model trained with RangeInterpolation (``"range_interpolation": true``; the image in
+``pipeline.interpolation``) takes each scan densified: the graph is fed the scan's points with a pixel followed by
+the interpolated ones, and the outputs of the interpolated points are dropped, in the check as in deployment.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 from rangecps.data.dataset import CHANNELS, collate
 from rangecps.data.index import read_scan
 from rangecps.data.pipeline import ScanPipeline
+from rangecps.data.point_batch import original_rows
 from rangecps.eval.evaluate import LoadedRun
 from rangecps.eval.predict import knn_settings
 from rangecps.eval.predict_points import point_net_forward
@@ -74,21 +78,25 @@ def check_point_export(
     """Compare the exported point graph (onnxruntime, CPU) with the float32 PyTorch nets' own forward, scan by
     scan (the graph takes one), over every point with a pixel: :func:`~rangecps.deploy.onnx.compare_outputs`
     figures, the label agreement over the decisive points (``near_ties`` left out, as for image models) and
-    ``agreement_all_points``."""
+    ``agreement_all_points``. Samples with interpolated points feed them to both and compare the scans' own
+    points only, as deployment drops the others (``interpolated_points`` counts what was fed and dropped)."""
     from rangecps.deploy.onnx import OnnxRunner, compare_outputs
 
     runner = OnnxRunner(onnx_path, providers=["CPUExecutionProvider"])
     forward = point_net_forward([n.float().eval() for n in nets], None)  # FRNet.forward, input check included
     reference, exported, scores = [], [], []
+    interpolated = 0
     for sample in samples:
         batch = collate([sample])
         points, coors = batch["points"], batch["coors"]
-        if not points.shape[0]:
+        own = original_rows(batch)
+        interpolated += int((~own).sum())
+        if not own.any():
             continue  # nothing of this scan has a pixel: nothing to compare
-        s = forward(points, coors, 1, grid)
+        s = forward(points, coors, 1, grid)[own]
         scores.append(s)
         reference.append((s[:, 1:].argmax(1) + 1 if kind == "labels" else s).numpy())
-        exported.append(np.asarray(runner(points.numpy(), coors.numpy())))
+        exported.append(np.asarray(runner(points.numpy(), coors.numpy()))[own.numpy()])
     if not scores:
         raise ValueError("no check scan has a point with a pixel; pass --check-inputs SCANS")
     ref, out = np.concatenate(reference), np.concatenate(exported)
@@ -100,6 +108,8 @@ def check_point_export(
     stats["agreement_all_points"] = stats["agreement"]
     stats["near_ties"] = int((~decisive).sum())
     stats["agreement"] = float((ref_labels == out_labels)[decisive].mean()) if decisive.any() else 1.0
+    if interpolated:
+        stats["interpolated_points"] = interpolated
     return stats
 
 
@@ -226,9 +236,20 @@ def _export_points(
     stats["scans"] = [s["scan_id"] for s in samples]
     check_agreement(stats)
     columns = list(POINT_CHANNELS)
+    interp = pipeline.interpolation
+    densify = (
+        ""
+        if interp is None
+        else f"; then RangeInterpolation (pipeline.interpolation: a {interp.height}x{interp.width} spherical image, "
+        f"fov {interp.fov_up} / {interp.fov_down} deg, each pixel holding its nearest point; every empty pixel at "
+        "columns 1..W-2 whose left and right neighbours both hold a point gets their mean in x, y, z and "
+        "intensity, and the left neighbour's ring), projected as above: those with a pixel are appended after "
+        "the scan's own points"
+    )
     return {
         "model": _model_block(run),
         "point_model": True,
+        "range_interpolation": interp is not None,
         "net": chosen,
         "output": kind,
         "input": {
@@ -246,10 +267,11 @@ def _export_points(
             "project the points onto geometry exactly as for image models (pitch rows, or rows = height - 1 - "
             "ring when rings) to get each point's row and col; keep the points with a pixel (finite, nonzero "
             "range) in file order; points = their x, y, z, intensity as read (no normalisation, no encoding: "
-            "the network normalises them itself); coors = (0, row, col)"
+            "the network normalises them itself); coors = (0, row, col)" + densify
         ),
         "postprocessing": (
-            "class = argmax over classes 1..K-1 (+1) of each point's output; points without a pixel take the "
+            ("drop the outputs of the interpolated points; " if interp is not None else "")
+            + "class = argmax over classes 1..K-1 (+1) of each point's output; points without a pixel take the "
             "class the scan's predicted points take most often (class 1 when none has a pixel); no kNN; "
             "dataset id = pipeline.train_to_raw[class]"
         ),
@@ -293,5 +315,8 @@ def export_main(argv: list[str] | None = None) -> int:
     if meta.get("point_model"):
         print(f"point model: batch size 1 and the {' x '.join(map(str, meta['input']['grid']))} grid are fixed "
               "in the graph; no kNN")  # fmt: skip
+        if meta.get("range_interpolation"):
+            print("RangeInterpolation: feed each scan's interpolated points after its own, drop their outputs "
+                  "(see the sidecar's preprocessing)")  # fmt: skip
     print(f"wrote {args.onnx} and {args.onnx.with_suffix('.json')}")
     return 0

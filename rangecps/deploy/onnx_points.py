@@ -3,7 +3,9 @@
 The graph takes one scan: ``points`` ``(N, in_channels) float32`` (x, y, z, intensity as read, unnormalised) and
 ``coors`` ``(N, 3) int64`` (batch index, which must be 0, then each point's row and col in the range image), for
 the points that have a pixel. N is dynamic; the batch size (1) and the frustum grid (H, W) are fixed in the graph,
-which the sidecar says (``input.batch_size``, ``input.grid``). It gives one output, by ``output``:
+which the sidecar says (``input.batch_size``, ``input.grid``). For a model trained with RangeInterpolation the
+caller feeds the scan's points followed by its interpolated ones (the sidecar's ``preprocessing``) and drops the
+latter's outputs: the graph treats every point alike. It gives one output, by ``output``:
 
 - ``logits``: one net's ``(N, K) float32`` point logits;
 - ``probs``: an ensemble's (2 nets) mean softmax ``(N, K) float32``;

@@ -12,19 +12,25 @@ Projection, encoding, network, AMP and kNN are those of ``rangecps-eval``: the s
 Point models (FRNet) work the same way: the sample then carries the points (``ScanPipeline.sample(...,
 point_inputs=True)``), the network labels every point with a pixel itself and
 :func:`~rangecps.eval.predict_points.segment_point_batch` gives the labels; there is no kNN (``knn`` is None, and
-asking for it warns once and is ignored). ``probs`` are then each point's own softmax.
+asking for it warns once and is ignored). ``probs`` are then each point's own softmax. A point model trained with
+``data.augment.range_interpolation`` (its pipeline records the image) predicts as ``rangecps-eval`` evaluates it:
+each scan is densified by the same RangeInterpolation, the network sees the added points too, and their
+predictions are dropped, so the labels and probabilities cover exactly the N points given, in their order
+(``counts.interpolated`` counts the added points). Another sensor (:meth:`Segmenter.for_sensor`) changes the
+projection only: the interpolation keeps the recorded image.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from rangecps.data.build import eval_interpolation
 from rangecps.data.dataset import collate
 from rangecps.data.index import Geometry
 from rangecps.data.pipeline import ScanPipeline
@@ -45,7 +51,8 @@ def load_nets(
     path: str | Path, device: torch.device, net: str | None
 ) -> tuple[LoadedRun, str, list[torch.nn.Module], ScanPipeline]:
     """A checkpoint's run, the chosen net's name (None: the one ``rangecps-eval`` scores), its module(s) in eval
-    mode on ``device`` (two for ``ensemble``) and the pipeline stored with it."""
+    mode on ``device`` (two for ``ensemble``) and the pipeline stored with it (with the run's evaluation-time
+    RangeInterpolation taken from its config when the pipeline predates recording it)."""
     run = load_run(path, (), device)
     names = net_names(run.state)
     chosen = choose_net(net, names, run.cfg.train.method, run.path)
@@ -55,7 +62,11 @@ def load_nets(
             f"{run.path}: checkpoint predates stored pipelines (geometry, statistics); evaluate it with "
             "rangecps-eval, or retrain with this version"
         )
-    return run, chosen, nets, ScanPipeline.from_dict(run.state["derived"]["pipeline"])
+    stored = run.state["derived"]["pipeline"]
+    pipeline = ScanPipeline.from_dict(stored)
+    if "interpolation" not in stored:  # none recorded (or stored before pipelines recorded it): the config's
+        pipeline = replace(pipeline, interpolation=eval_interpolation(run.cfg))
+    return run, chosen, nets, pipeline
 
 
 class GeometryWarning(UserWarning):
@@ -93,6 +104,7 @@ class Counts:
     points: int = 0
     non_finite: int = 0
     without_pixel: int = 0
+    interpolated: int = 0  # added by a point model's RangeInterpolation: seen by the network, not labelled
 
 
 @dataclass
@@ -291,6 +303,8 @@ class Segmenter:
             _, scans = segment_point_batch(
                 self.forward, batch, self.device, self.num_classes, return_probs, self.scores_are_probs
             )
+            if "point_extra" in batch:  # the interpolated points: their predictions are already dropped
+                self.counts.interpolated += int(batch["point_extra"].sum())
         else:
             _, _, scans = segment_batch(
                 self.forward, batch, self.device, self.num_classes, self.knn, return_probs,

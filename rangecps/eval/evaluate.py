@@ -13,7 +13,11 @@ are scored on points natively, with the ``point`` level alone (each point's own 
 pixel takes the class the scan's predicted points take most often). No kNN runs: ``metrics.json`` records
 ``"knn": null`` and ``"point_model": true``, and ``--knn`` given for such a run is ignored with a one-line note
 (``notes``, printed by the report). The scans are read with ``point_inputs=True``
-(:mod:`rangecps.eval.predict_points`).
+(:mod:`rangecps.eval.predict_points`). A point model trained with ``data.augment.range_interpolation`` is
+evaluated as the FRNet release evaluates: each scan densified by the same RangeInterpolation, the added points
+fed to the network beside the scan's own and their predictions dropped, so labels, probabilities, metrics and
+written files cover exactly the file's points; ``metrics.json`` records ``"range_interpolation": true`` and
+``interpolated_points``, how many were added (false and 0 for every other run).
 
 Each level's mIoU follows the official evaluator of the dataset (:func:`rangecps.eval.metrics.official_convention`):
 semantic-kitti-api for (Scribble)KITTI, where a class absent from ground truth and predictions counts 0 in the
@@ -177,7 +181,7 @@ def _open_split(
         raise ValueError(
             f"{run.path}: trained on classes {trained}, but {cfg.data.dataset} has {data.label_map.names}"
         )
-    dataset = data.dataset(split, point_inputs=point_inputs)
+    dataset = data.dataset(split, point_inputs=point_inputs, interpolate=point_inputs)
     if "pipeline" in run.state["derived"]:
         # Normalise with the statistics the network was trained with, which the checkpoint holds, not with the
         # root's statistics of today (a root prepared again, or one without training scans, has others).
@@ -312,13 +316,15 @@ def evaluate(
         writer = (
             make_writer(dataset.file_format, stage.path, data.label_map, data.root, split) if write else None
         )
-        no_pixel = non_finite = 0
+        no_pixel = non_finite = interpolated = 0
         start = time.perf_counter()
         forward = net_forward(nets, amp, channels_last)
         forward_points = point_net_forward(nets, amp)
         for batch in tqdm(loader, desc=f"eval {split} ({net})", disable=not progress, dynamic_ncols=True):
             if point_model:
                 _, scans = segment_point_batch(forward_points, batch, device, k)
+                if "point_extra" in batch:  # fed to the network, not scored (their predictions are dropped)
+                    interpolated += int(batch["point_extra"].sum())
             else:
                 pred, mask, scans = segment_batch(forward, batch, device, k, knn_params if knn else None)
                 if has_labels:
@@ -360,6 +366,8 @@ def evaluate(
             "nets_in_checkpoint": len(run.nets),
             "point_model": point_model,
             "knn": None if point_model else {"enabled": knn, **knn_params},  # null: no kNN, a point model
+            "range_interpolation": dataset.interpolation is not None,
+            "interpolated_points": interpolated,
             "image": {"height": data.geometry.height, "width": data.geometry.width},
             "class_names": names,
             "headline": ("point_knn" if knn else "point") if has_labels else None,
@@ -384,7 +392,8 @@ def evaluate(
                 "method name": f"rangecps {cfg.model.name} {cfg.train.method}",
                 "method description": f"range-view {cfg.model.name} trained with {cfg.train.method} on "
                 f"{cfg.data.labels} labels; net {net}; kNN post-processing "
-                + ("none (point model)" if point_model else "on" if knn else "off"),
+                + ("none (point model)" if point_model else "on" if knn else "off")
+                + ("; RangeInterpolation at test time" if dataset.interpolation is not None else ""),
             }
             try:
                 result["submission"] = [str(shown(p)) for p in writer.finish(description)]

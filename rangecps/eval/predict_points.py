@@ -13,6 +13,11 @@ image model's take the class its occupied pixels predict most often.
 
 Batches are those of ``DataBundle.dataset(..., point_inputs=True)`` and ``ScanPipeline.sample(...,
 point_inputs=True)`` collated by :func:`rangecps.data.dataset.collate` (keys in :mod:`rangecps.data.dataset`).
+A run trained with FRNet's RangeInterpolation is evaluated on its scans densified the same way, as the release's
+val and test pipelines do: such a batch carries ``point_extra``, each scan's interpolated points, placed after
+its own points; the network sees them (they are context for the frustum features), and their predictions are
+dropped before anything else (labels, probabilities, the fallback class), as the release drops every prediction
+beyond ``num_points``.
 """
 
 from __future__ import annotations
@@ -101,12 +106,14 @@ def segment_point_batch(
 ) -> tuple[torch.Tensor, list[ScanPrediction]]:
     """Run a point ``forward`` on a collated point batch and label every point of every scan.
 
-    The grid is the batch's range image (``batch["input"]``'s (H, W)). Returns the ``(P,) int64`` predictions of
-    the points with a pixel (in ``batch["points"]`` order, on ``device``) and one
-    :class:`~rangecps.eval.predict.ScanPrediction` per scan: ``plain`` (N,) every point's class (its own
-    prediction, or the scan's fallback class without a pixel), ``voted`` None (no kNN), ``probs`` (N, K) float32
-    when ``probs`` is set (the point's softmax, or the ensemble's mean softmax with ``scores_are_probs``; a point
-    without a pixel gets the mean over the scan's predicted points), ``without_pixel`` the points without one.
+    The grid is the batch's range image (``batch["input"]``'s (H, W)). Returns the ``(P + E,) int64`` predictions
+    of every row of ``batch["points"]`` (in that order, on ``device``: the points with a pixel, and the
+    interpolated points of a batch with ``point_extra``) and one :class:`~rangecps.eval.predict.ScanPrediction`
+    per scan, over its N own points in file order (interpolated points' predictions dropped): ``plain`` (N,)
+    every point's class (its own prediction, or the scan's fallback class without a pixel), ``voted`` None (no
+    kNN), ``probs`` (N, K) float32 when ``probs`` is set (the point's softmax, or the ensemble's mean softmax with
+    ``scores_are_probs``; a point without a pixel gets the mean over the scan's predicted points),
+    ``without_pixel`` the points without one.
 
     A scan whose points all lack a pixel takes class 1 (nothing of it was predicted; a fixed class keeps a
     scan's labels independent of the other scans of its batch), its probabilities uniform over classes 1..K-1.
@@ -134,17 +141,19 @@ def segment_point_batch(
     uniform = torch.full((num_classes,), 1.0 / (num_classes - 1), device=device)
     uniform[0] = 0.0
     offsets = batch["point_offsets"].tolist()
+    extra = batch["point_extra"].tolist() if "point_extra" in batch else [0] * batch_size
     out = []
     for b in range(batch_size):
         n = int(batch["num_points"][b])
         valid = batch["point_valid"][b, :n].to(device)
-        own = pred[offsets[b] : offsets[b + 1]]
+        end = offsets[b + 1] - extra[b]  # the scan's own points; its interpolated ones follow them
+        own = pred[offsets[b] : end]
         fill = point_fallback_class(own, num_classes)
         plain = torch.full((n,), fill, dtype=torch.int64, device=device)
         plain[valid] = own  # the concatenation follows the scan's file order (see rangecps.data.dataset)
         scan_probs = None
         if point_probs is not None:
-            rows = point_probs[offsets[b] : offsets[b + 1]]
+            rows = point_probs[offsets[b] : end]
             mean = rows.mean(0) if rows.shape[0] else uniform
             scan_probs = mean[None, :].repeat(n, 1)
             scan_probs[valid] = rows

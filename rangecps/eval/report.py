@@ -54,6 +54,7 @@ def format_report(result: dict[str, Any]) -> str:
     net = f"ensemble of nets {' and '.join(names)}" if result["net"] == "ensemble" else f"net {result['net']}"
     levels = result["levels"]
     notes = [f"note: {note}" for note in result.get("notes", [])] + non_finite_note(result)
+    notes += interpolation_note(result)
     if not levels:
         return "\n".join(
             [
@@ -103,4 +104,15 @@ def non_finite_note(result: dict[str, Any]) -> list[str]:
     return [
         f"{count} points with a NaN or infinite value (non_finite_points): no pixel, so each took the class its "
         "scan's pixels predict most often"
+    ]
+
+
+def interpolation_note(result: dict[str, Any]) -> list[str]:
+    """A line on evaluation-time RangeInterpolation, when the evaluation applied it."""
+    if not result.get("range_interpolation"):
+        return []
+    return [
+        f"RangeInterpolation, as the model was trained and the FRNet release evaluates: the network also saw "
+        f"{int(result.get('interpolated_points') or 0):,} interpolated points, whose predictions were dropped "
+        "(only the scans' own points are labelled and scored)"
     ]

@@ -35,7 +35,9 @@ def validate(
       published semi-supervised range-view tables report; point-level figures come from evaluation).
     - Point nets (FRNet): point-level mIoU, every point of the scans read with ``point_inputs=True``: a point
       takes its own prediction, a point without a pixel the scan's most frequent predicted class. This is
-      ``rangecps-eval``'s ``point`` level for that net.
+      ``rangecps-eval``'s ``point`` level for that net. A point model trained with RangeInterpolation sees the
+      scans densified as in training (``data.interpolation``, the release's val pipeline); only the scans' own
+      points are scored.
 
     A run's nets are all of one kind; a mix is refused. Each process takes every ``world``-th scan; confusion
     matrices are summed over processes.
@@ -44,7 +46,7 @@ def validate(
     if len(points) > 1:
         raise ValueError(f"validate: nets {', '.join(names)} mix point and image models")
     point_model = points == {True}
-    ds = data.dataset("val", with_points=False, point_inputs=point_model)
+    ds = data.dataset("val", with_points=False, point_inputs=point_model, interpolate=point_model)
     ds.records = ds.records[info.rank :: info.world]
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate
