@@ -387,6 +387,7 @@ def _train(
         "precision": prec.record(),
         "val_pixel_miou": val,
         "val_scored": "points" if point else "range pixels",  # what val_pixel_miou scored (FRNet: points)
+        "val_range_interpolation": data.interpolation is not None,  # FRNet: validation densified as released
         "rank": info.rank,
         "nets": list(spec.nets),
         "best_val_pixel_miou": best,
