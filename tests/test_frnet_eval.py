@@ -252,3 +252,36 @@ def test_rangecps_eval_nets_and_ensemble_of_a_point_run(frnet_run: Path, tmp_pat
     cms = {net: np.array(r["levels"]["point"]["confusion_matrix"]) for net, r in results.items()}
     assert cms["a"].sum() == cms["b"].sum() == cms["ensemble"].sum()
     assert not np.array_equal(cms["a"], cms["b"])  # two differently initialised nets
+
+
+def test_real_nuscenes_scan_through_frnet_at_the_released_grid() -> None:
+    """A real HDL-32E sweep on FRNet's nuScenes frustum grid (32x480, rows from the rings): every projected point
+    gets finite logits, and RangeInterpolation at 32x1920 adds points in gaps only (fewer than the scan's)."""
+    from rangecps.data.frnet_augment import range_interpolation
+    from rangecps.io import Scan, read_nuscenes_points
+    from rangecps.models import build_model
+    from rangecps.projection import project_rings
+
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "real_scans"
+    path = path / "nuscenes_LIDAR_TOP_1532402927647951.pcd.bin"
+    if not path.is_file():
+        pytest.skip(f"real scan not available: {path}")
+    points, ring = read_nuscenes_points(path)
+    proj = project_rings(points[:, :3], ring, height=32, width=480)
+    has = proj.rows >= 0
+    coors = np.stack([np.zeros(int(has.sum()), np.int64), proj.rows[has], proj.cols[has]], 1)
+    net = build_model("frnet", 4, 17, 0.125, seed=0).eval()
+    with torch.no_grad():
+        logits = net(torch.from_numpy(points[has]), torch.from_numpy(coors), 1, (32, 480))["point_logits"]
+    assert logits.shape == (int(has.sum()), 17) and torch.isfinite(logits).all()
+    assert has.sum() > 0.95 * len(points)  # a ring image places almost every point
+    dense = range_interpolation(
+        Scan(points=points, labels=None, ring=ring, meta={}),
+        height=32,
+        width=1920,
+        fov_up=10.0,
+        fov_down=-30.0,
+    )
+    added = len(dense.points) - len(points)
+    assert 0 < added < len(points)
+    assert np.array_equal(dense.points[: len(points)], points)
