@@ -20,7 +20,8 @@ from rangecps.cli import eval_main
 from rangecps.config import load_config, to_dict
 from rangecps.data.build import build_data
 from rangecps.data.dataset import CHANNELS, collate
-from rangecps.eval.evaluate import LEVELS, choose_net, evaluate
+from rangecps.eval.evaluate import LEVELS, evaluate
+from rangecps.eval.runs import choose_net
 from rangecps.models import build_model
 
 KITTI_YAML = Path(__file__).resolve().parents[1] / "configs" / "labels" / "semantickitti.yaml"

@@ -14,7 +14,8 @@ from tiny_runs import tiny
 from rangecps.data.dataset import collate
 from rangecps.deploy import GeometryWarning, Prediction, Segmenter
 from rangecps.deploy.infer import infer_main
-from rangecps.eval.evaluate import evaluate, load_run
+from rangecps.eval.evaluate import evaluate
+from rangecps.eval.runs import load_run
 from rangecps.io import read_kitti_points
 
 pytestmark = pytest.mark.usefixtures("one_thread")

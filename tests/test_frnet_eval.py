@@ -17,12 +17,13 @@ from rangecps.data.build import DataBundle, build_data
 from rangecps.data.dataset import collate
 from rangecps.data.pipeline import ScanPipeline
 from rangecps.device import precision
-from rangecps.eval.evaluate import evaluate, load_run
+from rangecps.eval.evaluate import evaluate
 from rangecps.eval.predict_points import (
     per_scan_forward,
     point_net_forward,
     segment_point_batch,
 )
+from rangecps.eval.runs import load_run
 from rangecps.eval.validation import validate
 from rangecps.io import read_kitti_points
 from rangecps.models import FRNet, build_model

@@ -27,8 +27,8 @@ from rangecps.data.pipeline import ScanPipeline
 from rangecps.data.point_batch import original_rows
 from rangecps.deploy import Segmenter
 from rangecps.device import precision
-from rangecps.eval.evaluate import load_run
 from rangecps.eval.predict_points import segment_point_batch
+from rangecps.eval.runs import load_run
 from rangecps.io import Scan, read_kitti_points
 from rangecps.projection import project_spherical
 

@@ -359,7 +359,7 @@ def infer_run(kitti_run: Path, synthetic_kitti: Path, tmp_path_factory: pytest.T
     """The CPS run with the pipeline rangecps-infer reads (geometry, statistics) stored in its checkpoint."""
     from rangecps.data.build import build_data
     from rangecps.data.pipeline import ScanPipeline
-    from rangecps.eval.evaluate import load_run
+    from rangecps.eval.runs import load_run
 
     run = tmp_path_factory.mktemp("infer_run")
     state = load_checkpoint(kitti_run / "best.pt", "cpu")

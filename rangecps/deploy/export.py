@@ -35,9 +35,9 @@ from rangecps.data.dataset import CHANNELS, collate
 from rangecps.data.index import read_scan
 from rangecps.data.pipeline import ScanPipeline
 from rangecps.data.point_batch import original_rows
-from rangecps.eval.evaluate import LoadedRun
 from rangecps.eval.predict import knn_settings
 from rangecps.eval.predict_points import point_net_forward
+from rangecps.eval.runs import LoadedRun
 from rangecps.models import is_point_model
 from rangecps.models.frnet import POINT_CHANNELS
 

@@ -36,7 +36,6 @@ from rangecps.data.index import Geometry
 from rangecps.data.pipeline import ScanPipeline
 from rangecps.deploy.sensors import geometry_difference, parse_sensor
 from rangecps.device import precision
-from rangecps.eval.evaluate import LoadedRun, choose_net, load_run, net_names
 from rangecps.eval.predict import Forward, knn_settings, net_forward, segment_batch
 from rangecps.eval.predict_points import (
     PointForward,
@@ -44,6 +43,7 @@ from rangecps.eval.predict_points import (
     point_net_forward,
     segment_point_batch,
 )
+from rangecps.eval.runs import LoadedRun, choose_net, load_run, net_names
 from rangecps.models import is_point_model
 
 
