@@ -25,7 +25,8 @@ from test_evaluate import make_run
 from rangecps.checkpoint import load_checkpoint, save_checkpoint
 from rangecps.cli import eval_main
 from rangecps.eval.evaluate import ResultsNotWritten, evaluate
-from rangecps.eval.submit import MANIFEST, IncompleteResults, KittiWriter
+from rangecps.eval.outputs import MANIFEST, IncompleteResults
+from rangecps.eval.submit import KittiWriter
 from rangecps.folders import folder_lock
 from rangecps.io import read_kitti_labels, read_kitti_points
 from rangecps.labels import load_label_map

@@ -8,7 +8,7 @@ trained on KITTI-format data, ``predictions/<scan>.bin`` (nuScenes lidarseg uint
 ``.npy`` (``--format npy``: dataset ids, or train ids with ``--train-ids``); ``renders/<scan>.png`` with
 ``--render`` (the range image's channels and the prediction); and ``summary.json`` (scans, points, non-finite
 points, class shares, milliseconds per scan). The folder is built beside ``--out`` and renamed into place when
-complete (:class:`rangecps.eval.submit.StagedFolder`), so a failed or interrupted run leaves no half-written folder
+complete (:class:`rangecps.eval.outputs.StagedFolder`), so a failed or interrupted run leaves no half-written folder
 and an earlier one as it was; an existing non-empty ``--out`` is refused unless ``--overwrite``, and a second
 ``rangecps-infer`` writing to the same ``--out`` at once is refused (the folder's lock). A full disk or a folder that
 cannot be written is one line naming the file.
@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from rangecps.atomic import atomic_write
 from rangecps.deploy.sources import InputScan, iter_scans
-from rangecps.eval.submit import StagedFolder, check_out_folder
+from rangecps.eval.outputs import StagedFolder, check_out_folder
 from rangecps.folders import FolderInUse
 from rangecps.io import write_kitti_labels, write_lidarseg
 

@@ -67,11 +67,12 @@ from rangecps.data.dataset import RangeDataset, collate
 from rangecps.data.pipeline import ScanPipeline
 from rangecps.device import precision
 from rangecps.eval.metrics import ConfusionMatrix, official_convention
+from rangecps.eval.outputs import StagedFolder, check_out_folder, write_manifest
 from rangecps.eval.predict import knn_settings, net_forward, segment_batch
 from rangecps.eval.predict_points import point_net_forward, segment_point_batch
 from rangecps.eval.report import LEVELS, POINT_MODEL_LEVEL, level_dict
 from rangecps.eval.runs import LoadedRun, choose_net, load_run, net_names
-from rangecps.eval.submit import PREDICTION_TREES, StagedFolder, check_out_folder, make_writer, write_manifest
+from rangecps.eval.submit import PREDICTION_TREES, make_writer
 from rangecps.models import is_point_model
 
 
@@ -168,7 +169,7 @@ def evaluate(
             new evaluation replaces it without asking.
 
     The results folder is all-or-nothing: everything is written into a hidden sibling staging folder and moved
-    into place when complete (see :class:`rangecps.eval.submit.StagedFolder`), under ``out``'s lock, so an
+    into place when complete (see :class:`rangecps.eval.outputs.StagedFolder`), under ``out``'s lock, so an
     evaluation that fails or is killed leaves the earlier folder as it was. When predictions or the archive
     cannot be written (disk full, ...), the evaluation still completes and ``metrics.json`` is written without
     them; when ``metrics.json`` itself cannot be written it goes to a temporary folder. Either way

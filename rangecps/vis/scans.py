@@ -11,7 +11,7 @@ Predictions of a split come from a ``rangecps-eval --write-predictions`` results
 ``sequences/SS/predictions/NNNNNN.label`` (KITTI) or ``lidarseg/<eval set>/<token>_lidarseg.bin`` (nuScenes). Such
 a folder must end with a complete ``manifest.json`` (what every finished evaluation writes last): a tree without
 one may come from an evaluation that failed or mix two, and is refused, by folder and file alike
-(:func:`rangecps.eval.submit.check_prediction_file`). Prediction files of other tools are read as they are.
+(:func:`rangecps.eval.outputs.check_prediction_file`). Prediction files of other tools are read as they are.
 """
 
 from __future__ import annotations
@@ -82,12 +82,12 @@ def read_predictions(
     path: str | Path, file_format: str, label_map: LabelMap, num_points: int, ids: str = "auto"
 ) -> np.ndarray:
     """A prediction file -> ``(N,) int64`` train ids. A file of a rangecps-eval results folder without a
-    complete ``manifest.json`` (or not listed in it) is refused (:class:`~rangecps.eval.submit.IncompleteResults`).
+    complete ``manifest.json`` (or not listed in it) is refused (:class:`~rangecps.eval.outputs.IncompleteResults`).
 
     Args:
         ids: ``auto`` (KITTI raw ids, nuScenes challenge classes: what submissions hold), ``raw`` or ``train``.
     """
-    from rangecps.eval.submit import check_prediction_file
+    from rangecps.eval.outputs import check_prediction_file
 
     check_prediction_file(path)
     if ids == "auto":
@@ -151,9 +151,9 @@ def has_predictions(folder: Path) -> bool:
 def find_prediction_dir(run: Path, split: str) -> Path:
     """The newest ``<run>/eval_<split>_*`` folder holding predictions with a complete ``manifest.json``.
 
-    A folder whose predictions lack one is refused (:class:`~rangecps.eval.submit.IncompleteResults`) when no
+    A folder whose predictions lack one is refused (:class:`~rangecps.eval.outputs.IncompleteResults`) when no
     complete folder is there to show instead."""
-    from rangecps.eval.submit import IncompleteResults, read_manifest
+    from rangecps.eval.outputs import IncompleteResults, read_manifest
 
     again = f"rangecps-eval {run} --split {split} --write-predictions"
     found = [d for d in run.glob(f"eval_{split}_*") if has_predictions(d)]
@@ -205,7 +205,7 @@ def open_dataset(
     if pred_dir is None and run is not None:
         pred_dir = find_prediction_dir(Path(run), split)
     elif pred_dir is not None:
-        from rangecps.eval.submit import read_manifest, written_by_eval
+        from rangecps.eval.outputs import read_manifest, written_by_eval
 
         if not Path(pred_dir).is_dir():
             raise FileNotFoundError(f"{pred_dir}: no such results folder (--pred-dir)")
