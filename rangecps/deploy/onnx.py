@@ -90,6 +90,18 @@ class ExportedNet(nn.Module):
         return scores[:, 1:].argmax(1) + 1
 
 
+def write_checked(data: bytes, path: Path) -> int:
+    """Check a serialised model with ONNX's full checker, then write it to ``path`` atomically; returns the
+    ``ai.onnx`` opset it uses."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    onnx.checker.check_model(proto, full_check=True)
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def _export_dynamo(model: nn.Module, x: torch.Tensor, output_name: str, opset: int | None) -> bytes:
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings():
@@ -163,12 +175,8 @@ def export_onnx(
     start = time.perf_counter()
     export = _export_dynamo if exporter == "dynamo" else _export_torchscript
     data = export(model, x, model.output_name, opset)
-    proto = onnx.load_from_string(data)
-    onnx.checker.check_model(proto, full_check=True)
+    opset_used = write_checked(data, path)
     seconds = time.perf_counter() - start
-    with atomic_write(path, "wb") as f:
-        f.write(data)
-    opset_used = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     out_shape = ["batch", height, width] if model.output == "labels" else ["batch", -1, height, width]
     num_classes = getattr(copies[0], "num_classes", None)
     if num_classes is not None and model.output != "labels":

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rangecps.atomic import atomic_write
+from rangecps.deploy.onnx import write_checked
 from rangecps.models import FRNet
 from rangecps.models.frnet_blocks import pixels_to_points
 
@@ -201,12 +201,8 @@ def export_point_onnx(
             verbose=False,
         )
     data = program.model_proto.SerializeToString()  # from memory: no external-data files (see export_onnx)
-    proto = onnx.load_from_string(data)
-    onnx.checker.check_model(proto, full_check=True)
+    opset_used = write_checked(data, path)
     seconds = time.perf_counter() - start
-    with atomic_write(path, "wb") as f:
-        f.write(data)
-    opset_used = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     return {
         "path": str(path),
         "input_names": list(POINT_INPUTS),
@@ -218,7 +214,7 @@ def export_point_onnx(
         "output_shape": ["points"] if model.output == "labels" else ["points", num_classes],
         "num_nets": len(copies),
         "num_classes": num_classes,
-        "ops": sorted({node.op_type for node in proto.graph.node}),
+        "ops": sorted({node.op_type for node in program.model_proto.graph.node}),
         "opset": int(opset_used),
         "exporter": "dynamo",
         "torch_version": torch.__version__,
