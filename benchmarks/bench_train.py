@@ -224,7 +224,7 @@ def time_in_child(
     raise RuntimeError(f"no result from {' '.join(cmd)}; its output:\n{out}")
 
 
-def main() -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--model", choices=("fidnet", "cenet", "frnet"), default="fidnet", help="network to time"
@@ -265,7 +265,22 @@ def main() -> int:
     parser.add_argument(
         "--only", choices=list(METHODS), help=argparse.SUPPRESS
     )  # child: one method, JSON out
-    args = parser.parse_args()
+    return parser
+
+
+def step_args(**values: Any) -> argparse.Namespace:
+    """The command line's defaults with ``values`` set: what :func:`time_steps` reads, for callers in Python
+    (``run_all.py``, ``gpu_check.py``), so that a new option never leaves them without it."""
+    args = make_parser().parse_args([])
+    for key, value in values.items():
+        if not hasattr(args, key):
+            raise ValueError(f"bench_train has no option {key!r}")
+        setattr(args, key, value)
+    return args
+
+
+def main() -> int:
+    args = make_parser().parse_args()
     device = select_device()
     if args.only is not None:
         print(RESULT_TAG + json.dumps(time_steps(args.only, args, device)), flush=True)

@@ -15,6 +15,8 @@ recorded as ok / failed / skipped with the reason:
   ``rangecps.cps.cps_step``, backward, AdamW; bench_train's loss) with the batch of
   ``configs/semantickitti/cps_fidnet.yaml`` (32 labeled + 32 unlabeled); where that does not fit in GPU memory,
   batch 2 + 2 in a fresh process. Scans/s and peak allocated GPU memory.
+- ``frnet``: the released FRNet (``configs/semantickitti/cps_frnet.yaml``: width 1.0, 64x512, batch 4 + 4):
+  one AMP CPS training step on 120,000-point scans (``bench_train``) and the point forward's FPS and memory.
 - ``onnx``: that net exported to ONNX on onnxruntime's CUDA execution provider (onnxruntime-gpu): its logits
   against torch float32 on the GPU (TF32 off on both sides) within ``rangecps.deploy.onnx``'s export limits, its
   FPS, and ``bench_infer``'s ``onnxruntime-cuda`` end to end. Skipped where onnxruntime has no CUDA provider.
@@ -27,7 +29,7 @@ nothing to check", writes a JSON saying so and exits 0; with one it exits 1 when
 CPU provider) with few repeats, into ``gpu_check-dry-run.json``: a check of this script on a machine without a
 GPU, not of CUDA (the CUDA tests skip there, so that part fails).
 
-    python benchmarks/gpu_check.py [--parts tests knn infer train onnx] [--budget 450]
+    python benchmarks/gpu_check.py [--parts tests knn infer train frnet onnx] [--budget 450]
         [--json benchmarks/results/gpu_check.json] [--dry-run]
 """
 
@@ -55,9 +57,10 @@ from common import timed_ms, write_result
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 PUBLISHED_CONFIG = REPO / "configs" / "semantickitti" / "cps_fidnet.yaml"
+FRNET_CONFIG = REPO / "configs" / "semantickitti" / "cps_frnet.yaml"
 RESULT_TAG = "GPU_CHECK_RESULT "  # the child's result line on stdout
 # Each part's own time limit in seconds; all of them together stay within --budget.
-LIMITS = {"tests": 120, "knn": 60, "infer": 120, "train": 180, "onnx": 150}
+LIMITS = {"tests": 120, "knn": 60, "infer": 120, "train": 180, "onnx": 150, "frnet": 150}
 FALLBACK_BATCH = 2
 NO_DEVICE = "no CUDA device: nothing to check"
 
@@ -217,8 +220,8 @@ def part_train(args: Namespace) -> dict[str, Any]:
     cfg = load_config(PUBLISHED_CONFIG)
     size = bench_infer.SIZES[ctx.size]
     batch = args.batch or (1 if ctx.dry else cfg.data.batch_size)
-    steps = Namespace(model_width=size.model_width, height=size.height, width_px=size.width_px, batch=batch,
-                      warmup=1, repeats=ctx.reps(3), amp="auto", channels_last=True)  # fmt: skip
+    steps = bench_train.step_args(model_width=size.model_width, height=size.height, width_px=size.width_px,
+                                  batch=batch, warmup=1, repeats=ctx.reps(3))  # fmt: skip
     record = {
         "config": str(PUBLISHED_CONFIG.relative_to(REPO)),
         "config_batch": [cfg.data.batch_size, cfg.data.unlabeled_batch_size],
@@ -236,6 +239,59 @@ def part_train(args: Namespace) -> dict[str, Any]:
         return record | {"status": "oom", "reason": f"batch {batch} does not fit: {message}"}
     r.pop("runs_s", None)
     return record | {"status": "ok", "reason": "ran"} | r
+
+
+def part_frnet(args: Namespace) -> dict[str, Any]:
+    """The released FRNet (configs/semantickitti/cps_frnet.yaml: width 1.0, 64x512 frustum grid, batch 4 + 4):
+    one AMP CPS training step on 120,000-point scans (``bench_train``, point batches, the release's losses) and
+    the eval-mode network's point forward on one such scan (FPS, peak memory)."""
+    import bench_train
+
+    from rangecps.config import load_config
+    from rangecps.models import build_model
+
+    ctx = context(args)
+    cfg = load_config(FRNET_CONFIG)
+    width = 0.25 if ctx.dry else cfg.model.width
+    points = 30_000 if ctx.dry else 120_000
+    batch = args.batch or (1 if ctx.dry else cfg.data.batch_size)
+    grid = (cfg.data.height, cfg.data.width)
+    steps = bench_train.step_args(model="frnet", model_width=width, height=grid[0], width_px=grid[1], batch=batch,
+                                  points=points, warmup=1, repeats=ctx.reps(3))  # fmt: skip
+    record = {
+        "config": str(FRNET_CONFIG.relative_to(REPO)),
+        "model": f"FRNet width {width}, {grid[0]}x{grid[1]}, {points} points a scan",
+        "batch": [batch, batch],
+    }
+    try:
+        train = bench_train.time_steps("cps", steps, ctx.device)
+    except RuntimeError as e:
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not isinstance(e, torch.OutOfMemoryError) and "memory" not in message:
+            raise
+        return record | {"status": "oom", "reason": f"batch {batch} does not fit: {message}"}
+    train.pop("runs_s", None)
+    net = build_model("frnet", 4, 20, width, seed=0).to(ctx.device).eval()
+    g = torch.Generator().manual_seed(0)
+    xyz = (torch.randn(points, 4, generator=g) * 10).to(ctx.device)
+    coors = torch.stack([torch.zeros(points, dtype=torch.long), torch.randint(0, grid[0], (points,), generator=g),
+                         torch.randint(0, grid[1], (points,), generator=g)], 1).to(ctx.device)  # fmt: skip
+    amp = torch.bfloat16 if ctx.cuda and torch.cuda.is_bf16_supported() else None
+    if ctx.cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    @torch.no_grad()
+    def forward() -> None:
+        with torch.autocast(ctx.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            net(xyz, coors, 1, grid)
+        if ctx.cuda:
+            torch.cuda.synchronize()
+
+    times = timed_ms(forward, ctx.reps(20), warmup=2, cuda=ctx.cuda)
+    ms = statistics.median(times)
+    infer = {"median_ms": ms, "fps": 1000.0 / ms, "amp": str(amp),
+             "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if ctx.cuda else None}  # fmt: skip
+    return record | {"status": "ok", "reason": "ran", "train": train, "inference": infer}
 
 
 def part_onnx(args: Namespace) -> dict[str, Any]:
@@ -307,9 +363,10 @@ PARTS: dict[str, Callable[[Namespace], dict[str, Any]]] = {
     "knn": part_knn,
     "infer": part_infer,
     "train": part_train,
+    "frnet": part_frnet,
     "onnx": part_onnx,
 }
-ORDER = ("tests", "knn", "infer", "train", "onnx")
+ORDER = ("tests", "knn", "infer", "train", "frnet", "onnx")
 
 
 def run_child(part: str, args: Namespace, timeout: float, extra: Sequence[str] = ()) -> dict[str, Any]:
@@ -396,6 +453,12 @@ def summary(results: dict[str, dict[str, Any]], where: str) -> None:
         fps = f", {onnx['network']['fps']:.1f} FPS" if "network" in onnx else ""
         print(f"ONNX on {onnx['providers'][0]}: max abs diff {a['max_abs_diff']:.2e} (logits up to "
               f"{a['max_abs_torch']:.1f}), label agreement {a['agreement']:.6f}{fps}")  # fmt: skip
+    frnet = results.get("frnet", {})
+    if frnet.get("status") == "ok":
+        t, i = frnet["train"], frnet["inference"]
+        print(f"FRNet ({frnet['model']}): CPS step, batch {frnet['batch'][0]} + {frnet['batch'][1]}: "
+              f"{t['step_s']:.3f} s, peak {t['peak_memory_mib']:.0f} MiB; inference {i['median_ms']:.2f} ms, "
+              f"{i['fps']:.1f} FPS")  # fmt: skip
     for name, c in knn.get("checks", {}).items():
         print(f"kNN {name}: {c['labels_differing']} labels differ; numba {c['numba_ms']:.1f} ms, knn_torch on "
               f"{c['knn_torch_device']} {c['knn_torch_ms']:.2f} ms")  # fmt: skip
@@ -440,7 +503,7 @@ def main() -> int:
                 results[part] = run_tests(min(LIMITS[part], left))
             else:
                 results[part] = run_child(part, args, min(LIMITS[part], left))
-                if part == "train" and results[part]["status"] == "oom":
+                if part in ("train", "frnet") and results[part]["status"] == "oom":
                     too_big = results[part]["reason"]
                     left = deadline - time.perf_counter()
                     if left < 20:

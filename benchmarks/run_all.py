@@ -154,8 +154,8 @@ def stage_loader(device: torch.device) -> list[Row]:
 def stage_train(device: torch.device) -> list[Row]:
     bench = _bench("bench_train")
     gpu = device.type == "cuda"
-    size = Namespace(model_width=1.0, height=64, width_px=2048, batch=1, warmup=2, repeats=10) if gpu else (
-        Namespace(model_width=0.125, height=64, width_px=512, batch=1, warmup=1, repeats=5))  # fmt: skip
+    size = bench.step_args(model_width=1.0, height=64, width_px=2048, batch=1, warmup=2, repeats=10) if gpu else (
+        bench.step_args(model_width=0.125, height=64, width_px=512, batch=1, warmup=1, repeats=5))  # fmt: skip
     sup, cps = (bench.time_steps(m, size, device) for m in ("sup_only", "cps"))
     what = f"FIDNet width {size.model_width}, {size.height}x{size.width_px}, 1+1 scans" + (
         ", AMP" if gpu else ""
