@@ -51,6 +51,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import infer_models
 import torch
 from common import timed_ms, write_result
 
@@ -83,10 +84,9 @@ def context(args: Namespace) -> Namespace:
 def scan_root(tmp: Path) -> Path:
     """``data/synthetic_kitti`` when it exists; else a small simulated SemanticKITTI-format root under ``tmp``
     (made once: ``build_data`` would simulate the full 100-scan dataset into a missing root)."""
-    import bench_infer
 
-    if bench_infer.DEFAULT_ROOT.exists():
-        return bench_infer.DEFAULT_ROOT
+    if infer_models.DEFAULT_ROOT.exists():
+        return infer_models.DEFAULT_ROOT
     root = tmp / "synthetic_kitti"
     if not root.exists():
         from rangecps.sim.generate import generate_dataset
@@ -98,12 +98,11 @@ def scan_root(tmp: Path) -> Path:
 def first_scan(width_px: int, root: Path) -> tuple[dict[str, Any], dict | None]:
     """The first validation scan, collated (``input`` ``(1, 6, 64, width_px)`` and the per-point arrays), and
     the config's kNN settings."""
-    import bench_infer
 
     from rangecps.data.dataset import collate
     from rangecps.io import read_kitti_points
 
-    pipeline, paths, knn = bench_infer.load_scans(width_px, root)
+    pipeline, paths, knn = infer_models.load_scans(width_px, root)
     return collate([pipeline.sample(read_kitti_points(paths[0]), None, 0, paths[0].stem)]), knn
 
 
@@ -157,14 +156,14 @@ def part_infer(args: Namespace) -> dict[str, Any]:
     ctx = context(args)
     bench_infer.set_threads(1)  # first: numba's CPU parts ran 4x slower after work on more threads (measured)
     device = ctx.device
-    size = bench_infer.SIZES[ctx.size]
+    size = infer_models.SIZES[ctx.size]
     root = scan_root(args.tmp)
     batch, knn = first_scan(size.width_px, root)
     if knn is None:
-        raise ValueError(f"{bench_infer.CONFIG}: eval.knn is off, so there is no kNN to check")
-    models = bench_infer.prepare_models(ctx.size, root, args.tmp, onnx=False, device=device)
+        raise ValueError(f"{infer_models.CONFIG}: eval.knn is off, so there is no kNN to check")
+    models = infer_models.prepare_models(ctx.size, root, args.tmp, onnx=False, device=device)
     prec = precision("auto", True, device)
-    net = bench_infer.build_net(size, models["weights"]).to(device, memory_format=torch.channels_last)
+    net = infer_models.build_net(size, models["weights"]).to(device, memory_format=torch.channels_last)
     forward = net_forward([net], prec.amp, prec.channels_last)
     x = batch["input"].to(device).contiguous(memory_format=torch.channels_last)
     if ctx.cuda:
@@ -187,7 +186,7 @@ def part_infer(args: Namespace) -> dict[str, Any]:
         batch["depth"][0, :n],
         batch["mask"][0],
     )
-    k = bench_infer.NUM_CLASSES
+    k = infer_models.NUM_CLASSES
     on_device = [t.to(device) for t in (mask, rows, cols, depth)]
     _, voted = point_labels(pred, *on_device, k, knn)
     _, reference = point_labels(pred.cpu(), mask, rows, cols, depth, k, knn)
@@ -211,14 +210,13 @@ def part_infer(args: Namespace) -> dict[str, Any]:
 
 
 def part_train(args: Namespace) -> dict[str, Any]:
-    import bench_infer
     import bench_train
 
     from rangecps.config import load_config
 
     ctx = context(args)
     cfg = load_config(PUBLISHED_CONFIG)
-    size = bench_infer.SIZES[ctx.size]
+    size = infer_models.SIZES[ctx.size]
     batch = args.batch or (1 if ctx.dry else cfg.data.batch_size)
     steps = bench_train.step_args(model_width=size.model_width, height=size.height, width_px=size.width_px,
                                   batch=batch, warmup=1, repeats=ctx.reps(3))  # fmt: skip
@@ -310,16 +308,16 @@ def part_onnx(args: Namespace) -> dict[str, Any]:
     from rangecps.deploy.onnx import OnnxRunner, check_agreement, compare_outputs
 
     bench_infer.set_threads(1)  # as in part_infer
-    size = bench_infer.SIZES[ctx.size]
+    size = infer_models.SIZES[ctx.size]
     root = scan_root(args.tmp)
-    models = bench_infer.prepare_models(ctx.size, root, args.tmp, onnx=True, device=ctx.device)
+    models = infer_models.prepare_models(ctx.size, root, args.tmp, onnx=True, device=ctx.device)
     path = models["onnx"]
     record["export"] = models["export"]
     x = first_scan(size.width_px, root)[0]["input"]
     # Reference: torch float32 without TF32, whose 10-bit mantissa alone moves logits past the export's limits.
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
-    net = bench_infer.build_net(size, models["weights"]).to(ctx.device)
+    net = infer_models.build_net(size, models["weights"]).to(ctx.device)
     with torch.no_grad():
         reference = net(x.to(ctx.device)).float().cpu().numpy()
     del net

@@ -219,21 +219,21 @@ def stage_infer(device: torch.device) -> list[Row]:
     """Per scan as ``rangecps-infer`` runs it: read the .bin, project + encode, FIDNet, kNN to every point; torch
     against onnxruntime on the validation scans of ``data/synthetic_kitti`` (``bench_infer``: random weights, one
     child process per row, so each row's peak RSS is its own). On a GPU also the published FIDNet there."""
-    bench = _bench("bench_infer")
-    args = Namespace(root=bench.DEFAULT_ROOT, repeats=20, warmup=2, threads=1, amp="auto")
+    bench, models_of = _bench("bench_infer"), _bench("infer_models")
+    args = Namespace(root=models_of.DEFAULT_ROOT, repeats=20, warmup=2, threads=1, amp="auto")
     configs = [("small", "torch", "onnxruntime")]
     if device.type == "cuda":
         configs.append(("published", "torch-cuda", "onnxruntime-cuda"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size_name, torch_backend, ort_backend in configs:
-            size = bench.SIZES[size_name]
+            size = models_of.SIZES[size_name]
             gpu = torch_backend != "torch"
             what = (f"inference end to end per scan (read, project, FIDNet width {size.model_width} "
                     f"{size.height}x{size.width_px}, kNN{', GPU' if gpu else ', 1 thread'})")  # fmt: skip
             skip = bench.unavailable(ort_backend)
             # Makes the dataset on first use; calibrates the net and exports it (skip: not), outside the timings.
-            models = bench.prepare_models(size_name, args.root, Path(tmp), onnx=skip is None)
+            models = models_of.prepare_models(size_name, args.root, Path(tmp), onnx=skip is None)
             base = bench.time_in_child(size_name, torch_backend, args, models, None)
             note = f"; {ort_backend} row skipped: {skip}" if skip is not None else ""
             rows.append(row(f"{what}, torch{' AMP' if gpu else ''}{note}", base["runs_ms"]["total"],
