@@ -35,6 +35,7 @@ from rangecps.data.lasermix import LaserMix, mix_point_pairs, pair_indices
 from rangecps.losses import cps_loss, cross_entropy, cross_entropy_all_pixels, softmax_mse
 from rangecps.methods import method_spec
 from rangecps.models.frnet import frustum_labels
+from rangecps.models.frnet_blocks import pixel_index
 from rangecps.supervision import TERMS, head_terms, pseudo_labels
 from rangecps.teacher import rampup
 
@@ -144,7 +145,7 @@ def point_supervised_loss(
         b, k, h, w = maps[0].shape
         target = frustum_labels(label, coors, b, (h, w), k)
         occupied = torch.zeros(b * h * w, dtype=torch.bool, device=label.device)
-        occupied[(coors[:, 0] * h + coors[:, 1]) * w + coors[:, 2]] = True
+        occupied[pixel_index(coors, (h, w))] = True
         occupied = occupied.view(b, h, w)
         for logits in maps:
             for name, value in head_terms(logits, target, occupied, cfg, class_weight).items():
