@@ -46,3 +46,14 @@ def test_quick_study_records_paired_runs_and_a_rerun_skips_them(tmp_path: Path) 
     assert "2 of 2 runs already recorded" in second
     assert (work / "cps-1pct-seed0" / "last.pt").stat().st_mtime_ns == stamp
     assert json.loads((out / "study.json").read_text())["runs"] == study["runs"]
+
+    # Another regime into the same report is refused in one line, before any training, and records nothing.
+    other = subprocess.run(
+        [sys.executable, str(STUDY), "--quick", "--model-width", "0.25", "--work", str(tmp_path / "w2"),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "holds runs of another regime (model_width differ)" in other.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "w2").exists()
+    assert json.loads((out / "study.json").read_text())["runs"] == study["runs"]
