@@ -71,8 +71,8 @@ from infer_models import (
     prepare_models,
 )
 
-from rangecps.data.dataset import collate, non_finite
 from rangecps.data.pipeline import ScanPipeline
+from rangecps.data.sample import collate, non_finite
 from rangecps.deploy.segmenter import Segmenter
 from rangecps.device import precision
 from rangecps.eval.predict import net_forward, segment_batch

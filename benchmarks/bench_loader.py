@@ -37,9 +37,10 @@ from rangecps.config import AugmentConfig
 from rangecps.data import DATASETS
 from rangecps.data.augment import build_augment
 from rangecps.data.cache import build_cache
-from rangecps.data.dataset import RangeDataset, collate
+from rangecps.data.dataset import RangeDataset
 from rangecps.data.loader import RepeatedShardSampler
 from rangecps.data.prep import prepare
+from rangecps.data.sample import collate
 from rangecps.labels import load_label_map
 from rangecps.projection_reference import project_spherical_reference
 from rangecps.sim.generate import generate_dataset

@@ -49,8 +49,8 @@ from common import peak_rss_mib, rss_mib, write_result
 
 from rangecps.config import LossConfig, SemiConfig
 from rangecps.cps import cps_step
-from rangecps.data.dataset import CHANNELS
 from rangecps.data.lasermix import LaserMix
+from rangecps.data.sample import CHANNELS
 from rangecps.device import precision, select_device
 from rangecps.methods import METHODS
 from rangecps.models import build_model, is_point_model

@@ -99,7 +99,7 @@ def first_scan(width_px: int, root: Path) -> tuple[dict[str, Any], dict | None]:
     """The first validation scan, collated (``input`` ``(1, 6, 64, width_px)`` and the per-point arrays), and
     the config's kNN settings."""
 
-    from rangecps.data.dataset import collate
+    from rangecps.data.sample import collate
     from rangecps.io import read_kitti_points
 
     pipeline, paths, knn = infer_models.load_scans(width_px, root)

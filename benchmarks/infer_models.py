@@ -16,8 +16,8 @@ from torch import nn
 
 from rangecps.config import load_config
 from rangecps.data.build import build_data
-from rangecps.data.dataset import CHANNELS, collate
 from rangecps.data.pipeline import ScanPipeline
+from rangecps.data.sample import CHANNELS, collate
 from rangecps.eval.predict import knn_settings
 from rangecps.io import read_kitti_points
 from rangecps.models import build_model, is_point_model

@@ -170,7 +170,8 @@ def stage_train(device: torch.device) -> list[Row]:
 def stage_eval(device: torch.device) -> list[Row]:
     """Per scan as ``rangecps-eval`` runs it: read, project, infer, kNN to every point, confusion matrices."""
     from rangecps.data.build import resolve_geometry
-    from rangecps.data.dataset import CHANNELS, RangeDataset, collate
+    from rangecps.data.dataset import RangeDataset
+    from rangecps.data.sample import CHANNELS, collate
     from rangecps.device import amp_dtype
     from rangecps.eval.metrics import ConfusionMatrix
     from rangecps.eval.predict import point_labels, predict_pixels

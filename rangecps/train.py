@@ -44,9 +44,9 @@ from rangecps.checkpoint import code_revision, load_checkpoint, restore_rng, rng
 from rangecps.config import Config, check_config, dump_yaml, to_dict
 from rangecps.cps import cps_step
 from rangecps.data.build import build_data
-from rangecps.data.dataset import CHANNELS
 from rangecps.data.lasermix import LaserMix
 from rangecps.data.pipeline import ScanPipeline
+from rangecps.data.sample import CHANNELS
 from rangecps.device import precision, select_device, to_device
 from rangecps.eval.validation import validate
 from rangecps.folders import folder_lock

@@ -21,9 +21,10 @@ from rangecps.data.augment import (
     RandomTranslate,
     build_augment,
 )
-from rangecps.data.dataset import CHANNELS, RangeDataset, collate
+from rangecps.data.dataset import RangeDataset
 from rangecps.data.loader import RepeatedShardSampler, semi_supervised_loader
 from rangecps.data.prep import DatasetProblems, load_prepared, prepare
+from rangecps.data.sample import CHANNELS, collate
 from rangecps.io import Scan, write_kitti_labels
 from rangecps.labels import load_label_map
 
@@ -221,8 +222,8 @@ def test_semi_supervised_loader_covers_unlabeled_once(synthetic_kitti: Path, tmp
 def test_cache_equals_projection_and_augments_exactly(synthetic_kitti: Path, tmp_path: Path) -> None:
     from rangecps.data.augment import Compose
     from rangecps.data.cache import augment_cached, build_cache, cache_file, read_cached
-    from rangecps.data.dataset import project_scan
     from rangecps.data.index import read_scan
+    from rangecps.data.sample import project_scan
     from rangecps.projection import gather_channels
 
     cls = DATASETS["synthetic_kitti"]

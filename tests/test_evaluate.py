@@ -19,7 +19,7 @@ from rangecps.checkpoint import save_checkpoint
 from rangecps.cli import eval_main
 from rangecps.config import load_config, to_dict
 from rangecps.data.build import build_data
-from rangecps.data.dataset import CHANNELS, collate
+from rangecps.data.sample import CHANNELS, collate
 from rangecps.eval.evaluate import LEVELS, evaluate
 from rangecps.eval.runs import choose_net
 from rangecps.models import build_model
@@ -341,8 +341,8 @@ def test_clear_errors(nuscenes_run: Path, tmp_path: Path, capsys: pytest.Capture
 
 
 def test_range_image_and_points_without_pixel(synthetic_kitti: Path) -> None:
-    from rangecps.data.dataset import project_scan
     from rangecps.data.index import read_scan
+    from rangecps.data.sample import project_scan
     from rangecps.eval.predict import point_labels, range_image
 
     cfg = load_config(None, [f"data.root={synthetic_kitti}", *SMALL])

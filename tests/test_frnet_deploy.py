@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_runs import tiny
 
-from rangecps.data.dataset import collate
+from rangecps.data.sample import collate
 from rangecps.deploy import GeometryWarning, Prediction, Segmenter
 from rangecps.deploy.infer import infer_main
 from rangecps.eval.evaluate import evaluate

@@ -14,8 +14,8 @@ from tiny_runs import tiny
 
 from rangecps import dist
 from rangecps.data.build import DataBundle, build_data
-from rangecps.data.dataset import collate
 from rangecps.data.pipeline import ScanPipeline
+from rangecps.data.sample import collate
 from rangecps.device import precision
 from rangecps.eval.evaluate import evaluate
 from rangecps.eval.predict_points import (

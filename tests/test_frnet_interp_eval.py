@@ -20,11 +20,11 @@ from rangecps import dist
 from rangecps.checkpoint import load_checkpoint
 from rangecps.config import Config
 from rangecps.data.build import DataBundle, build_data, eval_interpolation
-from rangecps.data.dataset import collate
 from rangecps.data.frnet_augment import range_interpolation
 from rangecps.data.index import read_scan
 from rangecps.data.pipeline import ScanPipeline
 from rangecps.data.point_batch import original_rows
+from rangecps.data.sample import collate
 from rangecps.deploy import Segmenter
 from rangecps.device import precision
 from rangecps.eval.predict_points import segment_point_batch

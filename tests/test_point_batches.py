@@ -14,8 +14,9 @@ from rangecps.config import AugmentConfig
 from rangecps.data import DATASETS
 from rangecps.data.augment import build_augment
 from rangecps.data.build import DataBundle
-from rangecps.data.dataset import RangeDataset, collate, pack_sample
+from rangecps.data.dataset import RangeDataset
 from rangecps.data.prep import prepare
+from rangecps.data.sample import collate, pack_sample
 from rangecps.labels import load_label_map
 from rangecps.projection import project_spherical
 

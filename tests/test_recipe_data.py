@@ -192,8 +192,8 @@ def test_released_input_encoding(
     torch.testing.assert_close(item["input"][0][m], torch.hypot(x, y))  # the horizontal range, unscaled
     assert (item["input"][:5][:, ~m] == -1).all()
     # x, y, z, intensity as stored: the gather of the raw points.
-    from rangecps.data.dataset import project_scan
     from rangecps.data.index import read_scan
+    from rangecps.data.sample import project_scan
 
     scan = read_scan(synthetic_nuscenes, nindex.split("val")[0], cls.file_format, None)
     raw = gather_channels(scan.points, project_scan(scan, cls.geometry))

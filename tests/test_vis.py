@@ -183,7 +183,7 @@ def test_dataset_with_predictions_written_by_eval(synthetic_kitti: Path, tmp_pat
     from rangecps.checkpoint import save_checkpoint
     from rangecps.config import load_config, to_dict
     from rangecps.data.build import build_data
-    from rangecps.data.dataset import CHANNELS
+    from rangecps.data.sample import CHANNELS
     from rangecps.eval.evaluate import evaluate
     from rangecps.models import build_model
 

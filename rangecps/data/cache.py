@@ -191,8 +191,8 @@ def build_cache(dataset_cls: type, root: Path, index, label_map, out_dir: Path, 
     """Project and store every labeled-split scan (train, val) at the dataset's native range image, then the key
     of what the cache holds (:func:`cache_key`); a rebuild first removes the old key, so that a cache whose
     rebuild was interrupted is never used."""
-    from rangecps.data.dataset import project_scan
     from rangecps.data.index import read_scan
+    from rangecps.data.sample import project_scan
 
     out_dir = Path(out_dir)
     key = cache_key(dataset_cls, Path(root), index)

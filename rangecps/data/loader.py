@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from rangecps.data.dataset import RangeDataset, collate
+from rangecps.data.dataset import RangeDataset
+from rangecps.data.sample import collate
 
 
 class RepeatedShardSampler(Sampler[tuple[int, int]]):

@@ -11,7 +11,7 @@ point model (FRNet) ``sample(..., point_inputs=True)`` adds the points themselve
 the model's frustum grid, so the pipeline serves both kinds of model unchanged). A point model trained with
 ``data.augment.range_interpolation`` records the image of its evaluation-time RangeInterpolation
 (``interpolation``, see :func:`rangecps.data.build.eval_interpolation`): its samples then carry the interpolated
-points too (the ``extra_*`` keys of :mod:`rangecps.data.dataset`), exactly as the run's evaluation datasets do.
+points too (the ``extra_*`` keys of :mod:`rangecps.data.sample`), exactly as the run's evaluation datasets do.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rangecps.data.dataset import CHANNELS, non_finite, pack_sample, project_scan
 from rangecps.data.encoding import InputEncoding
 from rangecps.data.index import Geometry
 from rangecps.data.point_batch import interpolation_keys
+from rangecps.data.sample import CHANNELS, non_finite, pack_sample, project_scan
 from rangecps.data.scan_mixing import SphericalImage
 from rangecps.io import Scan
 
@@ -112,7 +112,7 @@ class ScanPipeline:
         name: str = "",
         point_inputs: bool = False,
     ) -> dict:
-        """The sample of one scan, as a dataset makes it without augmentation (keys in ``rangecps.data.dataset``).
+        """The sample of one scan, as a dataset makes it without augmentation (keys in ``rangecps.data.sample``).
 
         Args:
             points: ``(N, 4)`` float32 x, y, z, intensity (intensity as the training data stored it).

@@ -1,6 +1,6 @@
 """The point-input side of samples and batches, for point-based range-view networks such as FRNet: the keys of
 evaluation-time RangeInterpolation (:func:`interpolation_keys`) and the point keys of a batch
-(:func:`collate_points`, :func:`original_rows`). The contract is the tables of :mod:`rangecps.data.dataset`, which
+(:func:`collate_points`, :func:`original_rows`). The contract is the tables of :mod:`rangecps.data.sample`, which
 calls these; they live apart so that the dataset module stays about reading, projecting and packing scans.
 """
 
@@ -19,13 +19,13 @@ from rangecps.io import Scan
 def interpolation_keys(
     scan: Scan, image: SphericalImage | None, geometry: Geometry
 ) -> dict[str, torch.Tensor] | None:
-    """The sample keys of evaluation-time RangeInterpolation (see :mod:`rangecps.data.dataset`), None without ``image``:
+    """The sample keys of evaluation-time RangeInterpolation (see :mod:`rangecps.data.sample`), None without ``image``:
     the points :func:`~rangecps.data.scan_mixing.interpolated_points` adds to ``scan`` on ``image`` that get a
     pixel of ``geometry``, ``extra_points`` (E, 4), with their ``extra_rows`` / ``extra_cols`` (E,). A point's
     pixel depends on that point alone, so the added points are projected by themselves."""
     if image is None:
         return None
-    from rangecps.data.dataset import project_scan  # the dataset module imports this one
+    from rangecps.data.sample import project_scan  # the sample module imports this one
 
     extra = interpolated_points(scan, image)
     proj = project_scan(extra, geometry)
@@ -48,7 +48,7 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 
 def collate_points(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """The point-input keys of a batch (see :mod:`rangecps.data.dataset`): the points with a pixel of every sample
+    """The point-input keys of a batch (see :mod:`rangecps.data.sample`): the points with a pixel of every sample
     concatenated, with their ``coors`` (batch index, row, col), counts, offsets and the padded ``point_valid``.
 
     Samples with evaluation-time RangeInterpolation (``extra_points``, ``extra_rows``, ``extra_cols``) have their

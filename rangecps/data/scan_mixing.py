@@ -18,7 +18,7 @@ first and reads a second scan only when it mixes (the release checks its ``prob`
 mixing that is off draws nothing, and with every option off the dataset holds no :class:`ScanMixing` at all.
 
 A point model trained with RangeInterpolation is evaluated on scans densified the same way, as the release's val
-and test pipelines do (:func:`interpolated_points`; the batch keys are in :mod:`rangecps.data.dataset`).
+and test pipelines do (:func:`interpolated_points`; the batch keys are in :mod:`rangecps.data.sample`).
 """
 
 from __future__ import annotations

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from rangecps.data.dataset import CHANNELS, collate
 from rangecps.data.index import read_scan
 from rangecps.data.pipeline import ScanPipeline
 from rangecps.data.point_batch import original_rows
+from rangecps.data.sample import CHANNELS, collate
 from rangecps.eval.predict import knn_settings
 from rangecps.eval.predict_points import point_net_forward
 from rangecps.eval.runs import LoadedRun

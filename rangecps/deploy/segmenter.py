@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from rangecps.data.build import eval_interpolation
-from rangecps.data.dataset import collate
 from rangecps.data.index import Geometry
 from rangecps.data.pipeline import ScanPipeline
+from rangecps.data.sample import collate
 from rangecps.deploy.sensors import geometry_difference, parse_sensor
 from rangecps.device import precision
 from rangecps.eval.predict import Forward, knn_settings, net_forward, segment_batch

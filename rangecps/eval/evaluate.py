@@ -63,8 +63,9 @@ from tqdm import tqdm
 from rangecps.atomic import atomic_write
 from rangecps.checkpoint import code_revision
 from rangecps.data.build import DataBundle, build_data
-from rangecps.data.dataset import RangeDataset, collate
+from rangecps.data.dataset import RangeDataset
 from rangecps.data.pipeline import ScanPipeline
+from rangecps.data.sample import collate
 from rangecps.device import precision
 from rangecps.eval.metrics import ConfusionMatrix, official_convention
 from rangecps.eval.outputs import StagedFolder, check_out_folder, write_manifest

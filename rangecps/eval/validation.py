@@ -11,7 +11,7 @@ from torch import nn
 
 from rangecps import dist
 from rangecps.data.build import DataBundle
-from rangecps.data.dataset import collate
+from rangecps.data.sample import collate
 from rangecps.device import to_device
 from rangecps.eval.metrics import ConfusionMatrix, official_convention
 from rangecps.eval.predict_points import is_point_net, point_net_forward, segment_point_batch
