@@ -62,6 +62,7 @@ MIX_BANDS = (4, 5, 6, 7, 8)
 EMA_MOMENTUM = 0.01
 NUM_CLASSES = 20
 RESULT_TAG = "BENCH_TRAIN_RESULT "  # the child's result line on stdout
+OOM = "out_of_memory"  # the key of a child's result when its step did not fit in device memory
 
 
 def peak_memory_mib(device: torch.device) -> float:
@@ -283,22 +284,45 @@ def main() -> int:
     args = make_parser().parse_args()
     device = select_device()
     if args.only is not None:
-        print(RESULT_TAG + json.dumps(time_steps(args.only, args, device)), flush=True)
+        try:
+            result = time_steps(args.only, args, device)
+        except torch.OutOfMemoryError as err:  # a size that does not fit is a finding, not a crash
+            result = {OOM: str(err).split(". ")[0]}
+        print(RESULT_TAG + json.dumps(result), flush=True)
         return 0
     methods = ["sup_only"] + [m for m in dict.fromkeys(args.methods) if m != "sup_only"]
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
+    too_big: dict[str, str] = {}  # what ran out of device memory, and the allocator's message
+
+    def timed(name: str, method: str, **kw: bool) -> dict[str, Any] | None:
+        r = time_in_child(method, args, **kw)
+        if OOM in r:
+            too_big[name] = r[OOM]
+            return None
+        return r
+
     for m in methods:
-        results[m] = time_in_child(m, args)
+        if (r := timed(m, m)) is not None:
+            results[m] = r
+    if "sup_only" not in results:
+        print(
+            f"error: sup_only does not fit at batch {args.batch} on {device}: {too_big['sup_only']}",
+            file=sys.stderr,
+        )
+        return 1
     base = results["sup_only"]["step_s"]
     for r in results.values():
         r["vs_sup_only"] = r["step_s"] / base
     prec = results["sup_only"]["precision"]
     fp32 = {}  # the same steps in float32, channels-first: the speed-up the precision choice buys
     if prec["amp"] != "off" or prec["channels_last"]:
-        fp32 = {m: time_in_child(m, args, fp32_nchw=True) for m in ("sup_only", "cps") if m in methods}
+        for m in ("sup_only", "cps"):
+            if m in results and (r := timed(f"{m}, float32 channels-first", m, fp32_nchw=True)) is not None:
+                fp32[m] = r
     reference = None
     if is_point_model(args.model):
-        reference = time_in_child("sup_only", args, fidnet_reference=True)
+        reference = timed("FIDNet sup_only reference", "sup_only", fidnet_reference=True)
+    if reference is not None:
         for r in results.values():
             r["vs_fidnet_sup_only"] = r["step_s"] / reference["step_s"]
     what = f"{args.points} points a scan, " if is_point_model(args.model) else ""
@@ -333,6 +357,8 @@ def main() -> int:
             f"{name}: {r['step_s']:.3f} s in float32 channels-first -> {results[name]['step_s']:.3f} s "
             f"({results[name]['speedup_vs_fp32_nchw']:.2f}x)"
         )
+    for name, message in too_big.items():
+        print(f"{name}: does not fit at batch {args.batch} ({message})")
     print(
         "nets: trained + EMA teachers; step +MiB: peak above the memory just before the first step "
         "(nets and batches already there); vs sup_only: step time ratio (medians)"
@@ -356,6 +382,7 @@ def main() -> int:
             "results": results,
             "fp32_channels_first": fp32,
             "fidnet_sup_only_reference": reference,
+            "out_of_memory": too_big,
         },
     )
     return 0
