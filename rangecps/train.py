@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from tqdm import tqdm
 from rangecps import dist
 from rangecps.atomic import atomic_write
 from rangecps.checkpoint import code_revision, load_checkpoint, restore_rng, rng_state, save_checkpoint
-from rangecps.config import Config, check_config, dump_yaml, to_dict
+from rangecps.config import Config, ConfigError, check_config, dump_yaml, from_dict, to_dict
 from rangecps.cps import cps_step
 from rangecps.data.build import build_data
 from rangecps.data.lasermix import LaserMix
@@ -189,7 +189,10 @@ def _train(
         state = load_checkpoint(ckpt_path, device)
         if "optimizers" not in state:
             raise ValueError(f"{ckpt_path}: holds weights only (a best.pt); resume from a last.pt")
-        changed = [k for k in config_differences(state["config"], resolved) if k not in RESUMABLE_CHANGES]
+        saved = state["config"]
+        with suppress(ConfigError):  # a run saved before a key existed resumes with its default
+            saved = to_dict(from_dict(saved, str(ckpt_path)))
+        changed = [k for k in config_differences(saved, resolved) if k not in RESUMABLE_CHANGES]
         if changed:
             raise ValueError(f"{ckpt_path}: cannot resume, the config differs in {', '.join(changed)}")
         step = int(state["step"])

@@ -74,6 +74,22 @@ def test_resume_refuses_changed_config(synthetic_kitti: Path, tmp_path: Path) ->
         )
 
 
+def test_resume_fills_keys_added_since_with_their_defaults(synthetic_kitti: Path, tmp_path: Path) -> None:
+    # A checkpoint saved before a config key existed (FRNet's augmentations were added mid-study) resumes when
+    # the run leaves that key at its default, which is how the older code behaved; a key set otherwise is refused.
+    base = ("train.method=sup_only", "train.epochs=2")
+    train(tiny(synthetic_kitti, *base, "train.max_steps=1"), tmp_path / "r", progress=False)
+    state = load_checkpoint(tmp_path / "r" / "last.pt")
+    for key in ("frustum_mix", "instance_copy", "range_interpolation"):
+        del state["config"]["data"]["augment"][key]
+    del state["config"]["optim"]["lr"]
+    torch.save(state, tmp_path / "r" / "last.pt")
+    with pytest.raises(ValueError, match=r"cannot resume, the config differs in optim\.lr$"):
+        train(tiny(synthetic_kitti, *base, "optim.lr=0.5"), tmp_path / "r", resume="auto", progress=False)
+    train(tiny(synthetic_kitti, *base, "train.max_steps=2"), tmp_path / "r", resume="auto", progress=False)
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["step"] == 2
+
+
 def test_bad_config_is_refused_before_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  methd: cps\n")
