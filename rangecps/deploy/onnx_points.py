@@ -31,7 +31,8 @@ nothing in ``rangecps.models`` changed:
   (``custom_translation_table``) that scatters whole rows with ``ScatterND`` (``reduction="max"`` after
   setting the touched rows to the lowest float, as ``include_self=False`` wants; the mean as a ``"add"`` sum over
   an ``"add"`` count). It relies on what ``frnet_blocks`` passes: ``dim=0`` and an index that is each row's
-  segment id expanded over the columns (``index[:, None].expand_as(src)``), so it reads the first column.
+  segment id expanded over the columns (``index[:, None].expand_as(src)``), so it scatters by the (P, 1) ids
+  that feed the Expand and the (P, C) int64 index is never made (it had doubled the graph's peak memory).
   Same scan: 218 ms, float32 PyTorch 213 ms; outputs within 3e-7. Every other op exports as it is:
   ``torch.unique(return_inverse=True)`` (ONNX ``Unique``), ``index_copy`` (``ScatterND``), the gathers, convs,
   bilinear ``Resize``, HardSwish.
@@ -65,7 +66,8 @@ def scatter_reduce_rows(
     self: Any, dim: int, index: Any, src: Any, reduce: str, include_self: bool = True
 ) -> Any:
     """ONNX translation (onnxscript, traced) of ``aten.scatter_reduce.two`` for row scatters: ``self`` (n, C),
-    ``src`` (P, C), ``index`` (P, C) whose columns all equal each row's target row, ``dim`` 0, as
+    ``src`` (P, C), ``index`` (P, C) whose columns all equal each row's target row (the (P, 1) ids before its
+    Expand are used where the graph has them), ``dim`` 0, as
     ``frnet_blocks.scatter_max`` / ``scatter_mean`` call it. ``amax`` (either ``include_self``) and ``mean``
     (``include_self=False``: untouched rows keep ``self``) are supported; anything else raises."""
     from onnxscript import ir
@@ -79,10 +81,16 @@ def scatter_reduce_rows(
         return op.ConstantOfShape(op.Shape(like), value=ir.tensor(np.array([value], dtype.numpy())))
 
     zero, one = op.CastLike(op.Constant(value_float=0.0), src), op.CastLike(op.Constant(value_float=1.0), src)
-    # (P, 1) row ids: the first column of the expanded index.
-    rows = op.Slice(
-        index, op.Constant(value_ints=[0]), op.Constant(value_ints=[1]), op.Constant(value_ints=[1])
-    )
+    # (P, 1) row ids: the input of the index's Expand where the graph has one, so that the (P, C) int64 index is
+    # never made (the Expand is left unused and dropped: it doubled the graph's memory); else its first column.
+    producer = index.producer() if hasattr(index, "producer") else None
+    column = producer.inputs[0].shape if producer is not None and producer.op_type == "Expand" else None
+    if column is not None and len(column) == 2 and column[1] == 1:
+        rows = producer.inputs[0]
+    else:
+        rows = op.Slice(
+            index, op.Constant(value_ints=[0]), op.Constant(value_ints=[1]), op.Constant(value_ints=[1])
+        )
     if reduce == "amax":
         if not include_self:  # touched rows start from the lowest value, so that only src counts there
             self = op.ScatterND(self, rows, fill(src, float(np.finfo(dtype.numpy()).min)), reduction="min")
