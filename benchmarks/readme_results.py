@@ -1,4 +1,4 @@
-"""Write the README's results section from ``benchmarks/study.json`` and ``benchmarks/PERFORMANCE.json``.
+"""Write the README's results section from ``benchmarks/study.json``, ``study_cuda/study.json``, ``PERFORMANCE.json``.
 
 No number in that section is typed by hand: it lies between ``<!-- results:begin -->`` and
 ``<!-- results:end -->`` and is replaced as a whole. ``--check`` only compares, and fails when the README is
@@ -61,7 +61,47 @@ def study_part(study: dict) -> list[str]:
     ]
 
 
-def section(study: dict, performance: dict) -> str:
+def device_part(study: dict, cuda: dict | None) -> list[str]:
+    """The runs of the GPU study (``benchmarks/study_cuda/``) that this study also has (same regime, cell and
+    seed), side by side: what one seed gives on two devices."""
+    if cuda is None or cuda.get("regime") != study.get("regime"):
+        return []
+
+    def key(r: dict) -> tuple:
+        return r["method"], r["labels"], r.get("variant", "auto"), r["seed"]
+
+    cpu = {key(r): r for r in study["runs"]}
+    pairs = [(cpu[key(r)], r) for r in sorted(cuda["runs"], key=key) if key(r) in cpu]
+    if not pairs:
+        return []
+    rows = [
+        "| method | labels | seed | CPU | GPU | GPU - CPU | minutes, CPU / GPU |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
+    for c, g in pairs:
+        a, b = 100 * c["miou"]["point_knn"], 100 * g["miou"]["point_knn"]
+        rows.append(
+            f"| {g['method']} | {g['labels']} | {g['seed']} | {a:.1f} | {b:.1f} | {b - a:+.1f} | "
+            f"{wall_seconds(c) / 60:.1f} / {wall_seconds(g) / 60:.1f} |"
+        )
+    worst = max(pairs, key=lambda p: abs(p[1]["miou"]["point_knn"] - p[0]["miou"]["point_knn"]))
+    gap = 100 * abs(worst[1]["miou"]["point_knn"] - worst[0]["miou"]["point_knn"])
+    m = cuda["machine"]
+    return [
+        f"**The same runs on a GPU** (`{cuda['command']}`, {cuda['date']}, {m.get('cuda')}, {cuda['jobs']} runs at "
+        f"once; [benchmarks/study_cuda/RESULTS.md](benchmarks/study_cuda/RESULTS.md)): point-level mIoU with kNN of "
+        f"the {len(pairs)} runs both studies hold, same regime and seed, bf16 autocast on both:",
+        "",
+        *rows,
+        "",
+        f"The largest gap is {gap:.1f} points ({worst[1]['method']} at {worst[1]['labels']}, seed {worst[1]['seed']}):"
+        " the devices round differently and a run drifts, so a single run says little; the verdicts above rest on "
+        "paired seeds.",
+        "",
+    ]
+
+
+def section(study: dict, performance: dict, cuda: dict | None = None) -> str:
     """The generated markdown between the markers."""
     m = performance["machine"]
     perf = ["| stage | median ms | scans/s | vs baseline |", "|---|---:|---:|---|"]
@@ -73,6 +113,7 @@ def section(study: dict, performance: dict) -> str:
             BEGIN,
             *study_part(study),
             "",
+            *device_part(study, cuda),
             f"**Performance** (`python benchmarks/run_all.py`, {performance['date']}, "
             f"{performance['total_seconds'] / 60:.1f} min on {m['processor']}, {m['cpu_count']} cores, "
             f"{m['cuda'] or 'no GPU'}; [benchmarks/PERFORMANCE.md](benchmarks/PERFORMANCE.md) adds peak memory):",
@@ -83,13 +124,19 @@ def section(study: dict, performance: dict) -> str:
     )
 
 
-def render_readme(readme: str, study: dict, performance: dict) -> str:
-    """``readme`` with its results block rewritten from ``study`` and ``performance``."""
+def render_readme(readme: str, study: dict, performance: dict, cuda: dict | None = None) -> str:
+    """``readme`` with its results block rewritten from ``study``, ``performance`` and the GPU study ``cuda``."""
     if readme.count(BEGIN) != 1 or readme.count(END) != 1:
         raise ValueError(f"{README}: needs exactly one {BEGIN} ... {END} block")
     head, rest = readme.split(BEGIN)
     _, tail = rest.split(END)
-    return head + section(study, performance) + tail
+    return head + section(study, performance, cuda) + tail
+
+
+def cuda_study() -> dict | None:
+    """``benchmarks/study_cuda/study.json``, the study run on a GPU, where there is one."""
+    path = HERE / "study_cuda" / "study.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def main() -> int:
@@ -99,7 +146,7 @@ def main() -> int:
     study = json.loads((HERE / "study.json").read_text())
     performance = json.loads((HERE / "PERFORMANCE.json").read_text())
     current = README.read_text()
-    new = render_readme(current, study, performance)
+    new = render_readme(current, study, performance, cuda_study())
     if args.check:
         if new != current:
             print(

@@ -288,7 +288,7 @@ def test_readme_results_section_is_generated_from_the_committed_results() -> Non
 
     readme = readme_results.README.read_text()
     performance = json.loads((readme_results.HERE / "PERFORMANCE.json").read_text())
-    assert readme_results.render_readme(readme, study, performance) == readme
+    assert readme_results.render_readme(readme, study, performance, readme_results.cuda_study()) == readme
     assert {r["method"] for r in study["runs"]} <= set(METHODS)
 
 
