@@ -14,7 +14,7 @@ CPUs with native bf16 does not change the verdicts.
 The study runs in sittings: every run resumes from its last checkpoint, every finished run is recorded in
 ``study.json`` (and ``RESULTS.md`` re-rendered) at once, and a rerun skips what is recorded.
 
-    python benchmarks/study.py                      # the full study (about 8 hours on 2 CPU cores)
+    python benchmarks/study.py                      # the full study (about 7 hours on 2 CPU cores)
     python benchmarks/study.py --quick              # 2 cells, 1 seed, a few steps on a tiny dataset (tests)
     python benchmarks/study.py --device cuda --num-workers 1   # the same study on a GPU (a seed: ~7 min, H200)
     python benchmarks/study.py --device cuda --model-width 1.0 --image-width 2048   # at the published size
