@@ -175,7 +175,9 @@ def _terminate_cleanly() -> Iterator[None]:
         yield
     except _Terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        # raise(3) signals this thread, so the process ends here; os.kill could hand the signal to another thread
+        # (numba's) while this one went on to exit with status 1 (seen once in CI).
+        signal.raise_signal(signal.SIGTERM)
         raise
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
