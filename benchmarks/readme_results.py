@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from study_report import CURVES_PNG, check_lines, headline_table, ordering_lines, paired_table, steps_text
-from study_stats import aggregate, missing_runs, wall_seconds
+from study_stats import aggregate, missing_runs, run_key, wall_seconds
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
@@ -67,11 +67,8 @@ def device_part(study: dict, cuda: dict | None) -> list[str]:
     if cuda is None or cuda.get("regime") != study.get("regime"):
         return []
 
-    def key(r: dict) -> tuple:
-        return r["method"], r["labels"], r.get("variant", "auto"), r["seed"]
-
-    cpu = {key(r): r for r in study["runs"]}
-    pairs = [(cpu[key(r)], r) for r in sorted(cuda["runs"], key=key) if key(r) in cpu]
+    cpu = {run_key(r): r for r in study["runs"]}
+    pairs = [(cpu[run_key(r)], r) for r in sorted(cuda["runs"], key=run_key) if run_key(r) in cpu]
     if not pairs:
         return []
     rows = [

@@ -36,6 +36,7 @@ from typing import Any
 
 from common import machine
 from study_report import aggregate, write_report
+from study_stats import run_key
 
 from rangecps.checkpoint import code_revision
 from rangecps.config import load_config
@@ -207,17 +208,17 @@ class Recorder:
             self.runs = old.get("runs", [])
 
     def done(self, cell: tuple[str, str, str], seed: int) -> bool:
-        return any(_key(r) == (*cell, seed) for r in self.runs)
+        return any(run_key(r) == (*cell, seed) for r in self.runs)
 
     def add(self, run: dict[str, Any]) -> None:
         with self.lock:
-            self.runs = [r for r in self.runs if _key(r) != _key(run)] + [run]
+            self.runs = [r for r in self.runs if run_key(r) != run_key(run)] + [run]
             self.write()
             print(f"recorded {run['run_dir']} ({len(self.runs)} of {len(self.planned)} runs)", flush=True)
 
     def write(self) -> None:
         order = {c: i for i, c in enumerate(CELLS)}
-        runs = sorted(self.runs, key=lambda r: (order.get(_key(r)[:3], len(order)), r["seed"]))
+        runs = sorted(self.runs, key=lambda r: (order.get(run_key(r)[:3], len(order)), r["seed"]))
         study = self.header | {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_minutes": round(sum(r["wall_seconds"] for r in runs) / 60, 1),
@@ -228,11 +229,6 @@ class Recorder:
         study["cells"] = aggregate(runs)
         self.out.mkdir(parents=True, exist_ok=True)
         write_report(study, self.out)
-
-
-def _key(run: dict[str, Any]) -> tuple[str, str, str, int]:
-    """(method, labels, variant, seed) of a recorded run."""
-    return run["method"], run["labels"], run.get("variant", "auto"), run["seed"]
 
 
 def ensure_dataset(regime: dict[str, Any]) -> None:

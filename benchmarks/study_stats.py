@@ -48,6 +48,11 @@ PUBLISHED_CLAIMS = (
 )
 
 
+def run_key(run: Run) -> tuple[str, str, str, int]:
+    """(method, labels, variant as recorded, seed): which run of the study a record is."""
+    return run["method"], run["labels"], run.get("variant", "auto"), run["seed"]
+
+
 def variant_of(run: Run) -> str:
     v = run.get("variant")
     return DEFAULT_VARIANT if v in (None, "", *DEFAULT_ALIASES) else v
