@@ -78,6 +78,23 @@ def test_staging_folder_is_removed_when_generation_is_terminated(tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no .partial, no dataset, no lock
 
 
+def test_terminated_generation_ends_by_the_signal_whatever_exception_carried_it(tmp_path: Path) -> None:
+    # A handler that runs inside a call from numba's compiled code surfaces as a SystemError wrapping the
+    # handler's exception; a library may likewise convert it. The process must still end as terminated.
+    code = (
+        "import os, signal\n"
+        "from rangecps.sim.generate import _terminate_cleanly\n"
+        "with _terminate_cleanly():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        signal.pause()\n"
+        "    except BaseException as e:\n"
+        "        raise SystemError('returned a result with an exception set') from e\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGTERM, proc.stderr.decode()
+
+
 def test_staging_folder_of_a_killed_run_is_removed_by_the_next_run(tmp_path: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

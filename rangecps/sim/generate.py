@@ -158,29 +158,32 @@ class _Terminated(BaseException):
 @contextlib.contextmanager
 def _terminate_cleanly() -> Iterator[None]:
     """While the block runs, SIGTERM raises :class:`_Terminated` (so ``finally`` and ``except`` blocks run);
-    after the block, a SIGTERM that arrived is delivered again to the previous handler (by default the process
-    then ends as it would have). Only in the main thread, and only over the default handler."""
+    when the block ends after a SIGTERM arrived, however it ends, the signal is delivered again under the default
+    handler, so the process ends as a terminated one. Only in the main thread, and only over the default
+    handler."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) not in (
         signal.SIG_DFL,
         None,
     ):
         yield
         return
+    received = False
 
     def handler(signum: int, frame: object) -> None:
+        nonlocal received
+        received = True
         raise _Terminated
 
     signal.signal(signal.SIGTERM, handler)
     try:
         yield
-    except _Terminated:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        # raise(3) signals this thread, so the process ends here; os.kill could hand the signal to another thread
-        # (numba's) while this one went on to exit with status 1 (seen once in CI).
-        signal.raise_signal(signal.SIGTERM)
-        raise
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # The flag, not the exception's type, decides: a handler that runs inside a call from numba's compiled
+        # code comes out as a SystemError wrapping _Terminated (seen in CI). raise(3) signals this thread, so the
+        # process ends here rather than on another thread while this one exits with status 1.
+        if received:
+            signal.raise_signal(signal.SIGTERM)
 
 
 @contextlib.contextmanager
