@@ -19,6 +19,7 @@ their ``coors``), with 0 and 2 workers (``points_*``). The default settings are 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import resource
@@ -26,13 +27,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from common import write_result
 from torch.utils.data import DataLoader
 
-import rangecps.data.dataset as dataset_module
+import rangecps.data.sample as sample_module
 from rangecps.config import AugmentConfig
 from rangecps.data import DATASETS
 from rangecps.data.augment import build_augment
@@ -44,6 +46,18 @@ from rangecps.data.sample import collate
 from rangecps.labels import load_label_map
 from rangecps.projection_reference import project_spherical_reference
 from rangecps.sim.generate import generate_dataset
+
+
+@contextlib.contextmanager
+def numpy_projection() -> Iterator[None]:
+    """Inside the block the loader projects with the NumPy reference, the baseline, instead of numba: it patches
+    the name the sample builder calls (in this process only, so time the baseline with 0 workers)."""
+    original = sample_module.project_spherical
+    sample_module.project_spherical = project_spherical_reference
+    try:
+        yield
+    finally:
+        sample_module.project_spherical = original
 
 
 def rate_entry(rates: list[float], mem: list[float]) -> dict:
@@ -119,12 +133,8 @@ def main() -> int:
         ds[0]  # compile / load the numba kernels outside the timings
         points = sum(ds[i]["num_points"] for i in range(len(ds))) / len(ds)
         results = {}
-        original = dataset_module.project_spherical
-        dataset_module.project_spherical = project_spherical_reference
-        try:
+        with numpy_projection():
             rates, mem = time_loader(ds, 0, args.scans, args.repeats)
-        finally:
-            dataset_module.project_spherical = original
         results["baseline_numpy_0_workers"] = {"scans_per_s": statistics.median(rates), "runs": rates}
         for workers in (0, 1, 2):
             rates, mem = time_loader(ds, workers, args.scans, args.repeats)

@@ -121,11 +121,9 @@ def _small_dataset(tmp: Path) -> tuple[Any, ...]:
 
 
 def stage_loader(device: torch.device) -> list[Row]:
-    import rangecps.data.dataset as dataset_module
     from rangecps.config import AugmentConfig
     from rangecps.data.augment import build_augment
     from rangecps.data.dataset import RangeDataset
-    from rangecps.projection_reference import project_spherical_reference
 
     bench = _bench("bench_loader")
     torch.set_num_threads(1)
@@ -135,12 +133,8 @@ def stage_loader(device: torch.device) -> list[Row]:
                           build_augment(AugmentConfig()), seed=0, with_points=False)  # fmt: skip
         ds[0]
         scans, repeats = 64, 3
-        original = dataset_module.project_spherical
-        dataset_module.project_spherical = project_spherical_reference
-        try:
+        with bench.numpy_projection():
             base, _ = bench.time_loader(ds, 0, scans, repeats)
-        finally:
-            dataset_module.project_spherical = original
         base_ms = [1000.0 / r for r in base]
         rows = []
         for workers in (0, 2):

@@ -278,3 +278,18 @@ def test_cache_equals_projection_and_augments_exactly(synthetic_kitti: Path, tmp
         both = same & proj.mask
         np.testing.assert_allclose(c.channels[:, both], expected[:, both], atol=2e-3, rtol=1e-4)
         assert (c.cols == proj.cols).mean() > 0.999
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_flags_points_with_a_bad_xyz_or_intensity(dtype: type) -> None:
+    from rangecps.data.sample import non_finite
+
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(1000, 5)).astype(dtype)  # column 4 (e.g. a ring) is not checked
+    for value in (np.nan, np.inf, -np.inf):
+        rows = rng.choice(1000, 40, replace=False)
+        points[rows, rng.integers(0, 5, 40)] = value
+    expected = [not all(np.isfinite(float(v)) for v in row[:4]) for row in points]
+    assert non_finite(points).tolist() == expected
+    assert non_finite(points[::3, :4]).tolist() == expected[::3]  # strided views are read as given
+    assert 0 < sum(expected) < 120

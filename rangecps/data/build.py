@@ -91,7 +91,7 @@ class DataBundle:
     ) -> RangeDataset:
         """A :class:`RangeDataset` of ``split`` (restricted to ``ids``), with labels, train-time augmentation and
         per-point arrays when asked. ``point_inputs``: also the points and the batch keys of point-based networks
-        (FRNet; see :mod:`rangecps.data.dataset`); such a dataset reads the scans, never the range-image cache.
+        (FRNet; see :mod:`rangecps.data.sample`); such a dataset reads the scans, never the range-image cache.
         ``augment``'s FRNet options (:mod:`rangecps.data.scan_mixing`) mix scans of this very dataset (``ids``).
         ``interpolate``: an evaluation dataset of point inputs gets the run's :attr:`interpolation` (nothing when
         the run has none); validation and ``rangecps-eval`` ask for it, training never does."""

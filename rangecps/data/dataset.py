@@ -186,10 +186,11 @@ class RangeDataset(Dataset):
         scan = self._read(i, rng)
         if self.mixing is not None:
             scan = self.mixing(scan, rng, lambda: self._read(int(rng.integers(len(self.records))), rng))
-        proj = project_scan(scan, self.geometry)
+        bad_points = non_finite(scan.points)
+        proj = project_scan(scan, self.geometry, bad_points)
         labels = scan.labels if scan.labels is not None else np.zeros(scan.num_points, np.int64)
         image = self.encode(scan.points, proj)
-        bad = int(non_finite(scan.points).sum())
+        bad = int(bad_points.sum())
         points = scan.points if self.point_inputs else None
         pixel_label = pixel_labels(labels, proj)
         extra = interpolation_keys(scan, self.interpolation, self.geometry)

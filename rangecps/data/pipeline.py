@@ -118,10 +118,10 @@ class ScanPipeline:
             points: ``(N, 4)`` float32 x, y, z, intensity (intensity as the training data stored it).
             ring: ``(N,)`` laser index, needed when the geometry's rows are rings.
             point_inputs: also ``points`` (the ``(N, 4)`` array as given) and ``point_valid``, what a point
-                model (FRNet) reads; :func:`~rangecps.data.dataset.collate` turns them into ``points``/``coors``.
+                model (FRNet) reads; :func:`~rangecps.data.sample.collate` turns them into ``points``/``coors``.
                 With ``interpolation`` also the ``extra_*`` keys of the interpolated points, which the network
                 sees and the per-point outputs leave out.
-        Points with a non-finite value get no pixel (see :func:`~rangecps.data.dataset.project_scan`).
+        Points with a non-finite value get no pixel (see :func:`~rangecps.data.sample.project_scan`).
         """
         points = np.ascontiguousarray(points, dtype=np.float32)
         if points.ndim != 2 or points.shape[1] != 4:
@@ -131,11 +131,12 @@ class ScanPipeline:
         if self.geometry.rings and ring is None:
             raise ValueError(f"{name or 'points'}: this model's rows are laser rings; pass ring=(N,) indices")
         scan = Scan(points, None if ring is None else np.asarray(ring, np.int64), meta={"points": name})
-        proj = project_scan(scan, self.geometry)
+        bad_points = non_finite(points)
+        proj = project_scan(scan, self.geometry, bad_points)
         image = self.encoding(points, proj)
         empty = np.zeros(len(points), np.int64)
         label = np.zeros((self.geometry.height, self.geometry.width), np.int64)
-        bad = int(non_finite(points).sum())
+        bad = int(bad_points.sum())
         extra = interpolation_keys(scan, self.interpolation, self.geometry) if point_inputs else None
         return pack_sample(
             image, label, proj.rows, proj.cols, proj.depth, empty, index, index, name, non_finite=bad,

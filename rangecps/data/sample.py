@@ -69,6 +69,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 
@@ -81,19 +82,34 @@ from rangecps.projection import Projection, project_rings, project_spherical
 CHANNELS = ("range", "x", "y", "z", "intensity", "mask")
 
 
+@numba.njit(cache=True, nogil=True)
+def _non_finite_kernel(points: np.ndarray, columns: int, out: np.ndarray) -> None:
+    for i in range(points.shape[0]):
+        bad = False
+        for c in range(columns):
+            bad |= not np.isfinite(points[i, c])
+        out[i] = bad
+
+
 def non_finite(points: np.ndarray) -> np.ndarray:
-    """``(N,) bool``: points whose x, y, z or intensity is NaN or infinite."""
-    return ~np.isfinite(points[:, :4]).all(axis=1)
+    """``(N,) bool``: points whose x, y, z or intensity is NaN or infinite.
+
+    A loop, not ``~isfinite(points[:, :4]).all(1)``: NumPy's reduction over an axis of 4 took 2 ms of a
+    120,000-point scan, and the loader asks twice per sample (a quarter of its time per scan)."""
+    out = np.empty(points.shape[0], np.bool_)
+    _non_finite_kernel(points, min(points.shape[1], 4), out)
+    return out
 
 
-def project_scan(scan: Scan, geometry: Geometry) -> Projection:
+def project_scan(scan: Scan, geometry: Geometry, bad: np.ndarray | None = None) -> Projection:
     """Project a scan onto the range image of ``geometry`` (rings for nuScenes, pitch otherwise).
 
     A point with any non-finite value gets no pixel (rows/cols -1): a NaN intensity in a pixel would spread
     through the network's convolutions to a third of the image. Such points still get a prediction later (the
-    fallback class), as every point without a pixel does."""
+    fallback class), as every point without a pixel does. ``bad`` is ``non_finite(scan.points)`` where the
+    caller has it already."""
     points = scan.points
-    bad = non_finite(points)
+    bad = non_finite(points) if bad is None else bad
     if bad.any():
         points = points.copy()
         points[bad, :3] = np.nan  # the projection places no point with a non-finite coordinate

@@ -12,7 +12,7 @@ predicted). Points without a pixel (outside the field of view, zero range, or a 
 image model's take the class its occupied pixels predict most often.
 
 Batches are those of ``DataBundle.dataset(..., point_inputs=True)`` and ``ScanPipeline.sample(...,
-point_inputs=True)`` collated by :func:`rangecps.data.dataset.collate` (keys in :mod:`rangecps.data.dataset`).
+point_inputs=True)`` collated by :func:`rangecps.data.sample.collate` (keys in :mod:`rangecps.data.sample`).
 A run trained with FRNet's RangeInterpolation is evaluated on its scans densified the same way, as the release's
 val and test pipelines do: such a batch carries ``point_extra``, each scan's interpolated points, placed after
 its own points; the network sees them (they are context for the frustum features), and their predictions are
@@ -63,7 +63,7 @@ def per_scan_forward(single: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     ONNX graph exported with batch size 1: each scan's points run alone and the outputs are concatenated.
 
     ``single(points (P_b, 4), coors (P_b, 3)) -> (P_b, K)``. The batch's points must be grouped by scan in
-    batch order, as :func:`rangecps.data.dataset.collate` concatenates them."""
+    batch order, as :func:`rangecps.data.sample.collate` concatenates them."""
 
     def forward(
         points: torch.Tensor, coors: torch.Tensor, batch_size: int, grid: tuple[int, int]
