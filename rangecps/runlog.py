@@ -6,11 +6,15 @@ import dataclasses
 import json
 import os
 import shutil
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rangecps.atomic import atomic_write
-from rangecps.config import Config
+from rangecps.checkpoint import load_checkpoint
+from rangecps.config import Config, ConfigError, from_dict, to_dict
 from rangecps.folders import refuse_earlier_results
 from rangecps.models import is_point_model
 
@@ -196,3 +200,37 @@ def complete_run(
             with atomic_write(path, "w") as f:
                 json.dump(summary, f, indent=1)
     return {**summary, "rank": rank, "already_complete": True, "stop_step": stop_step}
+
+
+def check_resumable(ckpt_path: Path, state: dict[str, Any], resolved: dict[str, Any]) -> None:
+    """Refuse, naming the file, a checkpoint this config cannot continue: weights only (a best.pt), or a config
+    that differs in a key outside :data:`RESUMABLE_CHANGES`. Keys added to the config since the checkpoint was
+    written count as their defaults, so an older run resumes unless such a key is set otherwise now."""
+    if "optimizers" not in state:
+        raise ValueError(f"{ckpt_path}: holds weights only (a best.pt); resume from a last.pt")
+    saved = state["config"]
+    with suppress(ConfigError):
+        saved = to_dict(from_dict(saved, str(ckpt_path)))
+    changed = [k for k in config_differences(saved, resolved) if k not in RESUMABLE_CHANGES]
+    if changed:
+        raise ValueError(f"{ckpt_path}: cannot resume, the config differs in {', '.join(changed)}")
+
+
+def resumed_best(
+    out_dir: Path, step: int, best: list[float], best_steps: list[int]
+) -> tuple[list[float], list[int], list[dict[str, torch.Tensor] | None]]:
+    """Each net's best score, its step and its weights for a run resumed at ``step`` from a checkpoint recording
+    ``best`` / ``best_steps``, reconciled with the folder's best.pt (weights None where best.pt has none)."""
+    best, best_steps = list(best), list(best_steps)
+    nets: list[dict[str, torch.Tensor] | None] = [None] * len(best)
+    if not (out_dir / "best.pt").is_file():
+        return best, best_steps, nets
+    saved = load_checkpoint(out_dir / "best.pt", "cpu")
+    for k in range(len(best)):
+        # best.pt may be newer than the checkpoint (a validation after it, before the kill): keep such a net's best
+        # with its own score and step, which the replay of those steps reproduces.
+        if saved["best_steps"][k] > step:
+            best[k], best_steps[k] = saved["best"][k], saved["best_steps"][k]
+        if saved["best_steps"][k] == best_steps[k]:
+            nets[k] = saved["nets"][k]
+    return best, best_steps, nets

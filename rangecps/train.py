@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from tqdm import tqdm
 from rangecps import dist
 from rangecps.atomic import atomic_write
 from rangecps.checkpoint import code_revision, load_checkpoint, restore_rng, rng_state, save_checkpoint
-from rangecps.config import Config, ConfigError, check_config, dump_yaml, from_dict, to_dict
+from rangecps.config import Config, check_config, dump_yaml, to_dict
 from rangecps.cps import cps_step
 from rangecps.data.build import build_data
 from rangecps.data.lasermix import LaserMix
@@ -57,12 +57,12 @@ from rangecps.models.frnet import POINT_CHANNELS
 from rangecps.optim import make_optimisers
 from rangecps.point_step import point_step, training_points
 from rangecps.runlog import (
-    RESUMABLE_CHANGES,
     RunLog,
     absolute_path,
+    check_resumable,
     complete_run,
-    config_differences,
     prepare_folder,
+    resumed_best,
     with_absolute_paths,
 )
 from rangecps.teacher import ema_update, make_teacher
@@ -187,14 +187,7 @@ def _train(
     ckpt_path = Path(resume) if resume not in (None, "auto") else out_dir / "last.pt"
     if resume is not None and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, device)
-        if "optimizers" not in state:
-            raise ValueError(f"{ckpt_path}: holds weights only (a best.pt); resume from a last.pt")
-        saved = state["config"]
-        with suppress(ConfigError):  # a run saved before a key existed resumes with its default
-            saved = to_dict(from_dict(saved, str(ckpt_path)))
-        changed = [k for k in config_differences(saved, resolved) if k not in RESUMABLE_CHANGES]
-        if changed:
-            raise ValueError(f"{ckpt_path}: cannot resume, the config differs in {', '.join(changed)}")
+        check_resumable(ckpt_path, state, resolved)
         step = int(state["step"])
         if step >= stop_step:
             return complete_run(out_dir, ckpt_path, state, stop_step, info.rank)
@@ -204,18 +197,9 @@ def _train(
         if state["scaler"] is not None:
             scaler.load_state_dict(state["scaler"])
         restore_rng(state["rng"], generator)
-        best, best_steps = list(state["best"]), list(state["best_steps"])
+        best, best_steps, best_nets = resumed_best(out_dir, step, state["best"], state["best_steps"])
         seconds_before = float(state.get("seconds", 0.0))
         non_finite_before = int(state.get("non_finite_points", 0))
-        if (out_dir / "best.pt").is_file():
-            saved = load_checkpoint(out_dir / "best.pt", "cpu")
-            for k in range(n_nets):
-                # best.pt may be newer than the checkpoint (a validation after it, before the kill): keep such a
-                # net's best with its own score and step, which the replay of those steps reproduces.
-                if saved["best_steps"][k] > step:
-                    best[k], best_steps[k] = saved["best"][k], saved["best_steps"][k]
-                if saved["best_steps"][k] == best_steps[k]:
-                    best_nets[k] = saved["nets"][k]
     elif resume not in (None, "auto"):
         raise FileNotFoundError(f"{ckpt_path}: checkpoint to resume from not found")
 
