@@ -245,6 +245,10 @@ def test_render_states_tables_verdicts_checks_and_commands() -> None:
     )
     assert "rangecps-train --labels 1% --set train.seed=0" in text
     assert "| train_scans | 400 |" in text and "Incomplete" not in text
+    # 11 runs a seed (5 methods at 1 % and 10 %, sup_only at 100 %) of 620 s each
+    assert (
+        f"By seed (0, 1, 2): {11 * 620 / 60:.1f} / {11 * 620 / 60:.1f} / {11 * 620 / 60:.1f} machine" in text
+    )
 
     partial = make_study(make_runs()[1:])
     partial["complete"] = False
