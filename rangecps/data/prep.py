@@ -25,6 +25,7 @@ from tqdm import tqdm
 from rangecps.atomic import atomic_write
 from rangecps.data.dataset import InputStats
 from rangecps.data.index import DatasetIndex, ScanRecord, source_key, stale_reason
+from rangecps.data.sample import non_finite
 from rangecps.data.splits import PUBLISHED_PERCENTS, SplitError, make_split
 from rangecps.io import (
     ScanFormatError,
@@ -125,9 +126,9 @@ def _check_scan(
         return
     if len(points) == 0:
         empty.append(root / rec.points)
-    finite = np.isfinite(points).all(axis=1)
-    if not finite.all():
-        report.problems.append(f"{root / rec.points}: {int((~finite).sum())} points have non-finite values")
+    bad = non_finite(points)  # points are (N, 4): every column
+    if bad.any():
+        report.problems.append(f"{root / rec.points}: {int(bad.sum())} points have non-finite values")
     if rec.labels is not None:
         try:
             raw = _raw_labels(root / rec.labels, file_format, len(points))
@@ -144,7 +145,7 @@ def _check_scan(
                 )
                 report.problems.append(f"{root / rec.labels}: unknown label ids {listed}")
             counts += np.bincount(label_map.raw_to_train[raw[ok]], minlength=len(counts))
-    p = points[finite].astype(np.float64)
+    p = points[~bad].astype(np.float64)
     ch = np.column_stack([np.linalg.norm(p[:, :3], axis=1), p])  # range, x, y, z, intensity
     sums[0] += len(ch)
     sums[1:6] += ch.sum(axis=0)
