@@ -180,8 +180,7 @@ def _terminate_cleanly() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         # The flag, not the exception's type, decides: a handler that runs inside a call from numba's compiled
-        # code comes out as a SystemError wrapping _Terminated (seen in CI). raise(3) signals this thread, so the
-        # process ends here rather than on another thread while this one exits with status 1.
+        # code comes out as a SystemError wrapping _Terminated (seen in CI), which no except clause would match.
         if received:
             signal.raise_signal(signal.SIGTERM)
 
