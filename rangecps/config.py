@@ -141,6 +141,10 @@ class SemiConfig:
     mix_bands: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])  # numbers of bands, drawn uniformly
     # Inclination range (deg) the bands split; None: the range image's vertical field of view (fov_down, fov_up).
     mix_pitch: tuple[float, float] | None = None
+    # cps, cps_lasermix: "joint" runs each net once on the labeled + unlabeled (+ mixed) scans concatenated;
+    # "separate" once per batch, as TorchSemiSeg (the CPS reference) does, so that batch norm in train mode
+    # normalises the labeled and the unlabeled scans apart. The losses are the same either way without batch norm.
+    cps_forwards: Literal["joint", "separate"] = "joint"
 
 
 @dataclass
@@ -153,6 +157,10 @@ class OptimConfig:
     div_factor: float = 25.0
     final_div_factor: float = 100.0
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
+    # Cycle AdamW's beta1 against the learning rate (0.95 -> 0.85 -> 0.95, torch's OneCycleLR): the LaserMix
+    # range-view release does (its trainer.py uses torch's OneCycleLR); FRNet's does not (mmengine's OneCycleLR
+    # schedules lr only, so beta1 stays betas[0]).
+    cycle_momentum: bool = True
 
 
 @dataclass
@@ -183,6 +191,11 @@ class EvalConfig:
     knn_search: int = 5
     knn_sigma: float = 1.0
     knn_cutoff: float = 1.0
+    # Test-time augmentation: the number of views rangecps-eval averages (0: off). Views follow the FRNet
+    # release's tta_pipeline: no flip, flip x, flip y, both (cycled), each with a seeded random yaw, scale and
+    # translation (rangecps.data.tta). Validation during training never uses it.
+    tta: int = 0
+    tta_seed: int = 0
 
 
 @dataclass

@@ -37,6 +37,15 @@ def _sup_only(
     return {"loss": terms["sup"], **{k: v.detach() for k, v in terms.items()}, "sup_a": terms["sup"].detach()}
 
 
+def _outputs(net: nn.Module, parts: Sequence[torch.Tensor], separate: bool) -> list[torch.Tensor]:
+    """``net(x, aux=True)`` of the scans of ``parts`` concatenated in order: one forward over them all (joint), or
+    one per part with the heads' outputs concatenated after (separate: batch norm in train mode then normalises
+    each part with its own statistics, as TorchSemiSeg does)."""
+    if not separate:
+        return net(torch.cat(list(parts)), aux=True)
+    return [torch.cat(heads) for heads in zip(*(net(x, aux=True) for x in parts), strict=True)]
+
+
 def _cps(
     nets: Sequence[nn.Module],
     labeled: dict[str, torch.Tensor],
@@ -47,20 +56,20 @@ def _cps(
     mixer: LaserMix | None,
     generator: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """``cps``, and ``cps_lasermix`` when ``mixer`` is given: each net runs once on the labeled, unlabeled and
-    (cps_lasermix) mixed scans concatenated."""
+    """``cps``, and ``cps_lasermix`` when ``mixer`` is given: each net runs on the labeled, unlabeled and
+    (cps_lasermix) mixed scans, concatenated or one batch at a time (``semi.cps_forwards``)."""
     x_l, y_l, v_l = labeled["input"], labeled["label"], labeled["mask"]
     x_u, v_u = unlabeled["input"], unlabeled["mask"]
     b_l, b_u = x_l.shape[0], x_u.shape[0]
-    x, valid = torch.cat([x_l, x_u]), torch.cat([v_l, v_u])
+    parts, valid = [x_l, x_u], torch.cat([v_l, v_u])
     if mixer is not None:
         il, iu = pair_indices(b_l, b_u, x_l.device)
         rows, counts = mixer.draw(len(il), generator, x_l.device)
-        x = torch.cat([x, mix_pairs(x_l[il], x_u[iu], rows)])
+        parts.append(mix_pairs(x_l[il], x_u[iu], rows))
         v_mix = mix_pairs(v_l[il], v_u[iu], rows)
-    outputs = [net(x, aux=True) for net in nets]
+    outputs = [_outputs(net, parts, semi.cps_forwards == "separate") for net in nets]
     out: dict[str, torch.Tensor] = {}
-    total = torch.zeros((), device=x.device)
+    total = torch.zeros((), device=x_l.device)
     for k, name in enumerate("ab"):
         terms = supervised_loss([o[:b_l] for o in outputs[k]], y_l, v_l, cfg, weight)
         total = total + terms["sup"]

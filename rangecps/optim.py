@@ -1,6 +1,10 @@
 """The optimiser and learning-rate schedule of every run: AdamW and a cosine one-cycle schedule per trained net,
-as the LaserMix release trains (``optim`` section of the config: lr, betas, weight decay, eps, pct_start and the
-two div factors)."""
+as the LaserMix and FRNet releases train (``optim`` section of the config: lr, betas, weight decay, eps, pct_start,
+the two div factors, and whether beta1 cycles).
+
+The two releases differ in one thing: the LaserMix range-view trainer uses torch's ``OneCycleLR``, which also
+cycles AdamW's beta1 between 0.95 and 0.85 against the learning rate; FRNet's mmengine ``OneCycleLR`` schedules the
+learning rate only, so beta1 stays ``betas[0]`` (``optim.cycle_momentum``)."""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ def make_optimisers(
             anneal_strategy="cos",
             div_factor=cfg.div_factor,
             final_div_factor=cfg.final_div_factor,
+            cycle_momentum=cfg.cycle_momentum,
         )
         for o in opts
     ]

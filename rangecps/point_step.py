@@ -175,6 +175,18 @@ def _mixed(
     return {"points": points, "coors": coors, "offsets": offsets}, gather, counts
 
 
+def _outputs(
+    net: nn.Module, parts: Sequence[PointBatch], batch: PointBatch, grid: tuple[int, int], separate: bool
+) -> list[torch.Tensor]:
+    """:func:`_forward` (aux) of ``batch = cat_points(parts)``: one forward over it (joint), or one per part with
+    the heads' outputs (points, then scans) concatenated after (separate: batch norm in train mode then
+    normalises each part with its own statistics, as TorchSemiSeg does)."""
+    if not separate:
+        return _forward(net, batch, grid, aux=True)
+    per_part = [_forward(net, part, grid, aux=True) for part in parts]
+    return [torch.cat(heads) for heads in zip(*per_part, strict=True)]
+
+
 def _cps(
     nets: Sequence[nn.Module],
     labeled: PointBatch,
@@ -192,7 +204,7 @@ def _cps(
         mixed, gather, counts = _mixed(labeled, unlabeled, mixer, generator)
         parts.append({**mixed, "label": torch.zeros_like(gather)})
     batch = cat_points(parts)
-    outputs = [_forward(net, batch, grid, aux=True) for net in nets]
+    outputs = [_outputs(net, parts, batch, grid, semi.cps_forwards == "separate") for net in nets]
     offsets = batch["offsets"]
     out: dict[str, torch.Tensor] = {}
     total = torch.zeros((), device=offsets.device)

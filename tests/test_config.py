@@ -139,7 +139,6 @@ def test_frnet_configs_use_the_released_frnet_recipe(dataset: str) -> None:
         o = cfg.optim
         assert (o.lr, o.betas, o.weight_decay, o.eps) == (0.01, (0.9, 0.999), 0.01, 1e-6), path
         assert (o.pct_start, o.div_factor, o.final_div_factor) == (0.2, 25.0, 100.0), path
-        assert cfg.data.batch_size == 4, path
         grid = (32, 480) if dataset == "nuscenes" else (64, 512)
         assert (cfg.data.height, cfg.data.width) == grid, path
         assert cfg.train.steps == (150_000 if dataset == "nuscenes" else 50_000), path
@@ -177,3 +176,24 @@ def test_yaml_booleans_read_back_as_the_words_a_literal_allows(tmp_path: Path) -
     assert load_config(None, ["train.amp=off"]).train.amp == "off"
     with pytest.raises(ConfigError, match=r"train\.amp"):
         load_config(None, ["train.amp=yes"])  # "on" is no choice of train.amp, so True stays an error
+
+
+# FRNet's release: 4 GPUs (its issue #2) x train_dataloader batch_size 4 (configs/_base_/datasets/*_seg.py), the
+# schedules' base_batch_size 16 (configs/_base_/schedules/onecycle-{50,150}k.py, since commit d58e5a1).
+FRNET_GPUS, FRNET_BATCH_PER_GPU = 4, 4
+
+
+@pytest.mark.parametrize("dataset", ["semantickitti", "scribblekitti", "nuscenes"])
+def test_frnet_configs_train_the_released_global_batch(dataset: str) -> None:
+    folder = Path(__file__).resolve().parents[1] / "configs" / dataset
+    paths = sorted(folder.glob("*_frnet.yaml"))
+    assert len(paths) == 6, paths  # base_frnet.yaml and the five methods
+    for path in paths:
+        cfg = load_config(path)  # one process holds the global batch
+        assert cfg.data.batch_size == FRNET_GPUS * FRNET_BATCH_PER_GPU, path
+        assert cfg.data.unlabeled_batch_size == cfg.data.batch_size, path
+        # The README's torchrun form: 4 processes of 4 scans, the release's own split.
+        per_gpu = load_config(path, ["data.batch_size=4", "data.unlabeled_batch_size=4"])
+        assert FRNET_GPUS * per_gpu.data.batch_size == cfg.data.batch_size, path
+        assert not cfg.optim.cycle_momentum, path  # mmengine's OneCycleLR: lr only
+        assert cfg.eval.tta == 4, path  # published under TTA: the release's four tta_pipeline views

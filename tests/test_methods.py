@@ -16,7 +16,7 @@ from tiny_runs import tiny
 from torch import nn
 
 from rangecps.checkpoint import load_checkpoint
-from rangecps.config import LossConfig, SemiConfig
+from rangecps.config import ConfigError, LossConfig, SemiConfig, from_dict, load_config, to_dict
 from rangecps.cps import cps_step
 from rangecps.data.lasermix import LaserMix
 from rangecps.methods import METHODS
@@ -430,3 +430,72 @@ def test_cps_lasermix_learns_the_other_nets_pseudo_labels() -> None:
     # the own-label targets would give clearly different values: the check above can tell them apart
     assert abs(mix_loss(net_a, pseudo_a) - float(out["mix_a"])) > 0.1
     assert abs(mix_loss(net_b, pseudo_b) - float(out["mix_b"])) > 0.1
+
+
+# ------------------------------------------------------------------ 9. CPS forward passes: joint or separate
+
+
+def cps_losses_and_grads(
+    method: str, forwards: str, train_mode: bool
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[int]]:
+    """One cps / cps_lasermix step of two fresh FIDNets (batch norm) with ``semi.cps_forwards = forwards``: its
+    losses, every parameter's gradient, and the batch size of every forward call (a forward hook counts them)."""
+    nets = [build_model("fidnet", 6, 4, 0.125, seed=20 + k) for k in range(2)]
+    calls: list[int] = []
+    for net in nets:
+        net.train(train_mode)
+        net.register_forward_hook(lambda _m, args, _o: calls.append(args[0].shape[0]))
+    labeled, unlabeled = batches(12, b_l=2, b_u=3, h=16, w=16, classes=4)
+    semi = SemiConfig(pseudo_threshold=0.5, cps_forwards=forwards)
+    g = torch.Generator().manual_seed(4)
+    out = cps_step(nets, labeled, unlabeled, method, LossConfig(), generator=g, semi=semi)
+    out["loss"].backward()
+    return out, [p.grad for net in nets for p in net.parameters()], calls
+
+
+@pytest.mark.parametrize("method", ["cps", "cps_lasermix"])
+def test_cps_separate_forwards_equal_joint_without_batch_norm(method: str) -> None:
+    """In eval mode (batch norm on its running statistics, so no scan's output depends on the others) one
+    forward per batch gives the losses and gradients of one forward over the batches concatenated."""
+    joint, grads_joint, calls_joint = cps_losses_and_grads(method, "joint", train_mode=False)
+    separate, grads_separate, calls_separate = cps_losses_and_grads(method, "separate", train_mode=False)
+    assert len(calls_separate) > len(calls_joint)  # the two runs did differ in their forward passes
+    assert joint.keys() == separate.keys()
+    for k in joint:
+        torch.testing.assert_close(separate[k], joint[k], rtol=1e-4, atol=1e-5, msg=k)
+    for a, b in zip(grads_joint, grads_separate, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["cps", "cps_lasermix"])
+def test_cps_separate_forwards_normalise_batches_apart(method: str) -> None:
+    """In train mode "separate" calls each net once on the labeled, once on the unlabeled and (cps_lasermix)
+    once on the mixed scans, where "joint" calls it once on all of them; batch norm then gives other losses."""
+    joint, _, calls_joint = cps_losses_and_grads(method, "joint", train_mode=True)
+    separate, _, calls_separate = cps_losses_and_grads(method, "separate", train_mode=True)
+    # 2 labeled, 3 unlabeled and (cps_lasermix) 6 mixed scans: 3 pairs, two mixed scans each
+    parts = [2, 3, 6] if method == "cps_lasermix" else [2, 3]
+    assert calls_joint == [sum(parts)] * 2
+    assert calls_separate == parts * 2
+    assert abs(float(separate["loss"].detach()) - float(joint["loss"].detach())) > 1e-3
+    assert abs(float(separate["sup_a"]) - float(joint["sup_a"])) > 1e-4
+
+
+def test_cps_forwards_config(tmp_path: Path) -> None:
+    """The real-dataset range-view configs run CPS as TorchSemiSeg does ("separate"), the synthetic ones (the
+    study's regime) and old checkpoints' configs keep "joint"; any other value is refused."""
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for dataset in ("semantickitti", "scribblekitti", "nuscenes"):
+        for name in ("base", "cps_fidnet", "cps_lasermix_fidnet"):
+            assert load_config(root / dataset / f"{name}.yaml").semi.cps_forwards == "separate", dataset
+    synthetic = sorted((root / "synthetic").glob("*.yaml"))
+    assert len(synthetic) > 5
+    for path in synthetic:
+        assert load_config(path).semi.cps_forwards == "joint", path.name
+    old = to_dict(load_config(root / "semantickitti" / "cps_fidnet.yaml"))
+    del old["semi"]["cps_forwards"]
+    assert from_dict(old).semi.cps_forwards == "joint"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("semi:\n  cps_forwards: apart\n")
+    with pytest.raises(ConfigError, match="'apart' is not one of"):
+        load_config(bad)

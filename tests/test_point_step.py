@@ -196,3 +196,52 @@ def test_every_methods_loss_falls_on_points(method: str) -> None:
         assert out["cps"] > 0 and "sup_b" in out
     if "lasermix" in method:
         assert out["bands"] >= 4 and 0 < out["pseudo_share"] <= 1
+
+
+def cps_point_losses_and_grads(
+    method: str, forwards: str, train_mode: bool
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor], list[int]]:
+    """One cps / cps_lasermix point step of two fresh FRNets (batch norm) with ``semi.cps_forwards = forwards``:
+    its losses, every parameter's gradient, and the scans of every forward call (a forward hook counts them)."""
+    nets = [build_model("frnet", 4, K, 0.125, seed=s) for s in (3, 4)]
+    calls: list[int] = []
+    for net in nets:
+        net.train(train_mode)
+        net.register_forward_hook(lambda _m, args, _o: calls.append(int(args[2])))
+    lab, unl = point_batch([120, 90], 12), point_batch([100, 110, 80], 13, labeled=False)
+    semi = SemiConfig(pseudo_threshold=0.0, cps_forwards=forwards)
+    g = torch.Generator().manual_seed(2)
+    out = point_step(nets, lab, unl, method, FRNET_LOSS, generator=g, grid=(H, W), semi=semi)
+    out["loss"].backward()
+    return out, [p.grad for net in nets for p in net.parameters() if p.grad is not None], calls
+
+
+@pytest.mark.parametrize("method", ["cps", "cps_lasermix"])
+def test_cps_separate_forwards_equal_joint_without_batch_norm(method: str) -> None:
+    """Point models in eval mode: one forward per batch gives the losses and gradients of one forward over the
+    batches concatenated (cat_points)."""
+    joint, grads_joint, calls_joint = cps_point_losses_and_grads(method, "joint", train_mode=False)
+    separate, grads_separate, calls_separate = cps_point_losses_and_grads(
+        method, "separate", train_mode=False
+    )
+    assert len(calls_separate) > len(calls_joint)  # the two runs did differ in their forward passes
+    assert joint.keys() == separate.keys()
+    for k in joint:
+        torch.testing.assert_close(separate[k], joint[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert len(grads_joint) == len(grads_separate) > 0
+    for a, b in zip(grads_joint, grads_separate, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["cps", "cps_lasermix"])
+def test_cps_separate_forwards_normalise_batches_apart(method: str) -> None:
+    """Point models in train mode: "separate" calls each net on the labeled, the unlabeled and (cps_lasermix) the
+    mixed scans apart, "joint" once on all of them; batch norm then gives other losses."""
+    joint, _, calls_joint = cps_point_losses_and_grads(method, "joint", train_mode=True)
+    separate, _, calls_separate = cps_point_losses_and_grads(method, "separate", train_mode=True)
+    # 2 labeled, 3 unlabeled and (cps_lasermix) 6 mixed scans: 3 pairs, two mixed scans each
+    parts = [2, 3, 6] if method == "cps_lasermix" else [2, 3]
+    assert calls_joint == [sum(parts)] * 2
+    assert calls_separate == parts * 2
+    assert abs(float(separate["loss"].detach()) - float(joint["loss"].detach())) > 1e-3
+    assert abs(float(separate["sup_a"]) - float(joint["sup_a"])) > 1e-4

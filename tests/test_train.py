@@ -13,6 +13,7 @@ from tiny_runs import TINY, tiny
 from rangecps.checkpoint import load_checkpoint
 from rangecps.cli import train_main
 from rangecps.config import load_config
+from rangecps.optim import make_optimisers
 from rangecps.train import train
 
 
@@ -223,3 +224,36 @@ def test_released_recipe_trains_with_its_optimiser_and_epochs(synthetic_kitti: P
     logged = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     step = next(x for x in logged if "train/dice" in x)
     assert step["train/dice"] > 0 and step["train/boundary"] > 0 and step["train/cps"] > 0
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize(
+    ("config", "cycles"),
+    [
+        ("semantickitti/cps_fidnet.yaml", True),  # LaserMix trainer.py: torch's OneCycleLR cycles beta1
+        ("nuscenes/lasermix_fidnet.yaml", True),
+        ("semantickitti/cps_frnet.yaml", False),  # FRNet: mmengine's OneCycleLR schedules lr only
+        ("nuscenes/sup_only_frnet.yaml", False),
+        ("synthetic/cps_frnet.yaml", False),
+    ],
+)
+def test_one_cycle_momentum_follows_each_recipe(config: str, cycles: bool) -> None:
+    cfg = load_config(CONFIGS / config)
+    net = torch.nn.Linear(2, 2)
+    (opt,), (sched,) = make_optimisers(cfg.optim, [net], total_steps=100)
+    beta1, lr = [], []
+    for _ in range(100):
+        beta1.append(opt.param_groups[0]["betas"][0])
+        lr.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    peak = lr.index(max(lr))
+    assert peak == 19  # pct_start 0.2 of 100 steps, in both recipes
+    if cycles:
+        # beta1 runs against the learning rate: 0.95 at the start, 0.85 at the peak, back towards 0.95.
+        assert beta1[0] == pytest.approx(0.95) and beta1[peak] == pytest.approx(0.85)
+        assert beta1[-1] > 0.94
+    else:
+        assert set(beta1) == {cfg.optim.betas[0]} == {0.9}
