@@ -298,6 +298,14 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--num-workers", type=int, default=None, help="default: the config's data.num_workers"
     )
+    parser.add_argument(
+        "--tta",
+        type=int,
+        default=None,
+        metavar="N",
+        help="test-time augmentation: average the softmax over N views of each scan (flips, rotation, scale, "
+        "shift as the FRNet release; default: the config's eval.tta, 0: none)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -309,11 +317,14 @@ def eval_main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or (args.num_workers is not None and args.num_workers < 0):
         print("error: --batch-size must be >= 1 and --num-workers >= 0", file=sys.stderr)
         return 2
+    if args.tta is not None and args.tta < 0:
+        print(f"error: --tta must be >= 0 (views; 0 for none), got {args.tta}", file=sys.stderr)
+        return 2
     try:
         result = evaluate(
             args.run, args.split, args.knn, args.net, args.out, args.write_predictions, args.submission,
             args.overrides, args.batch_size, args.num_workers, progress=not args.no_progress,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, tta=args.tta,
         )  # fmt: skip
     except ResultsNotWritten as e:  # the evaluation finished: its metrics go to the console, at least
         print(format_report(e.result))

@@ -42,7 +42,8 @@ def _affine_xyz(points: np.ndarray, m: np.ndarray, t: np.ndarray) -> np.ndarray:
     return out
 
 
-def _affine(scan: Scan, m: np.ndarray, t: np.ndarray | None = None) -> Scan:
+def affine_scan(scan: Scan, m: np.ndarray, t: np.ndarray | None = None) -> Scan:
+    """``scan`` with x, y, z moved to ``m (3, 3) @ xyz + t (3,)`` (float32, one pass); rings and labels kept."""
     t = np.zeros(3) if t is None else t
     points = np.ascontiguousarray(scan.points, np.float32)
     return replace(scan, points=_affine_xyz(points, m.astype(np.float32), t.astype(np.float32)))
@@ -58,7 +59,7 @@ class RandomRotate:
         return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]), np.zeros(3)
 
     def __call__(self, scan: Scan, rng: np.random.Generator) -> Scan:
-        return _affine(scan, *self.affine(rng))
+        return affine_scan(scan, *self.affine(rng))
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class RandomFlip:
 
     def __call__(self, scan: Scan, rng: np.random.Generator) -> Scan:
         m, t = self.affine(rng)
-        return scan if (m == np.eye(3)).all() else _affine(scan, m, t)
+        return scan if (m == np.eye(3)).all() else affine_scan(scan, m, t)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class RandomScale:
         return np.diag([s, s, s if self.z else 1.0]), np.zeros(3)
 
     def __call__(self, scan: Scan, rng: np.random.Generator) -> Scan:
-        return _affine(scan, *self.affine(rng))
+        return affine_scan(scan, *self.affine(rng))
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class RandomTranslate:
         return np.eye(3), t
 
     def __call__(self, scan: Scan, rng: np.random.Generator) -> Scan:
-        return _affine(scan, *self.affine(rng))
+        return affine_scan(scan, *self.affine(rng))
 
 
 @dataclass(frozen=True)
@@ -197,9 +198,9 @@ class Compose:
                 m, t = (m2, t2) if m is None else (m2 @ m, m2 @ t + t2)
                 continue
             if m is not None:
-                scan, m, t = _affine(scan, m, t), None, None
+                scan, m, t = affine_scan(scan, m, t), None, None
             scan = tr(scan, rng)
-        return scan if m is None else _affine(scan, m, t)
+        return scan if m is None else affine_scan(scan, m, t)
 
 
 def build_augment(cfg: AugmentConfig) -> Compose:

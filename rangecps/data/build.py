@@ -14,6 +14,7 @@ from rangecps.data.index import DatasetIndex, Geometry
 from rangecps.data.prep import load_prepared, note, prep_dir
 from rangecps.data.scan_mixing import SphericalImage, build_mixing, interpolation_image
 from rangecps.data.splits import LabeledSplit, make_split
+from rangecps.data.tta import View
 from rangecps.labels import LabelMap, load_label_map
 from rangecps.models import is_point_model
 
@@ -88,13 +89,15 @@ class DataBundle:
         with_points: bool = True,
         point_inputs: bool = False,
         interpolate: bool = False,
+        views: tuple[View, ...] = (),
     ) -> RangeDataset:
         """A :class:`RangeDataset` of ``split`` (restricted to ``ids``), with labels, train-time augmentation and
         per-point arrays when asked. ``point_inputs``: also the points and the batch keys of point-based networks
         (FRNet; see :mod:`rangecps.data.sample`); such a dataset reads the scans, never the range-image cache.
         ``augment``'s FRNet options (:mod:`rangecps.data.scan_mixing`) mix scans of this very dataset (``ids``).
         ``interpolate``: an evaluation dataset of point inputs gets the run's :attr:`interpolation` (nothing when
-        the run has none); validation and ``rangecps-eval`` ask for it, training never does."""
+        the run has none); validation and ``rangecps-eval`` ask for it, training never does. ``views``: the
+        test-time augmentation views each sample also carries (:mod:`rangecps.data.tta`)."""
         records = self.records(ids, split) if ids is not None else self.index.split(split)
         native = self.dataset_cls.geometry
         mixing = build_mixing(augment, self.label_map, self.geometry, native) if augment is not None else None
@@ -116,6 +119,7 @@ class DataBundle:
             point_inputs=point_inputs,
             mixing=mixing,
             interpolation=self.interpolation if interpolate else None,
+            views=views,
         )
 
     def cache_dir(self) -> Path | None:

@@ -28,6 +28,7 @@ from rangecps.data.index import Geometry, ScanRecord, read_scan
 from rangecps.data.point_batch import interpolation_keys
 from rangecps.data.sample import CHANNELS, non_finite, pack_sample, project_scan
 from rangecps.data.scan_mixing import ScanMixing, SphericalImage
+from rangecps.data.tta import View, view_sample
 from rangecps.io import Scan, ScanFormatError
 from rangecps.labels import LabelMap
 from rangecps.projection import pixel_labels
@@ -111,6 +112,8 @@ class RangeDataset(Dataset):
         interpolation: evaluation-time RangeInterpolation on this image (a point-input dataset without mixing:
             the evaluation of a point model trained with it); the added points ride beside the scan's own
             (``extra_*`` keys), which the per-point arrays still cover alone.
+        views: test-time augmentation (evaluation, no ``augment``): each sample also holds ``views``, one
+            :func:`~rangecps.data.tta.view_sample` of the scan per view; the sample itself stays the scan as read.
     """
 
     def __init__(
@@ -130,9 +133,14 @@ class RangeDataset(Dataset):
         point_inputs: bool = False,
         mixing: ScanMixing | None = None,
         interpolation: SphericalImage | None = None,
+        views: tuple[View, ...] = (),
     ) -> None:
         if interpolation is not None and (not point_inputs or mixing is not None):
             raise ValueError("RangeDataset: interpolation needs point_inputs and no mixing (evaluation)")
+        if views and ((augment is not None and augment.transforms) or mixing is not None or roll):
+            raise ValueError(
+                "RangeDataset: test-time views are for evaluation, without train-time augmentation"
+            )
         self.root = Path(root)
         self.records = list(records)
         self.file_format = file_format
@@ -143,7 +151,9 @@ class RangeDataset(Dataset):
         self.point_inputs = point_inputs
         self.with_points = with_points or point_inputs
         self.mixing = mixing if label_map is not None or mixing is None else mixing.without_labels()
-        self.cache_dir = cache_dir if usable(augment) and self.mixing is None and not point_inputs else None
+        self.views = tuple(views)
+        cached = usable(augment) and self.mixing is None and not point_inputs and not self.views
+        self.cache_dir = cache_dir if cached else None  # cached images hold no points to move
         self.epoch = 0
         self.encode = InputEncoding.make(encoding, file_format, stats.mean, stats.std)
         self.roll = roll
@@ -194,9 +204,15 @@ class RangeDataset(Dataset):
         points = scan.points if self.point_inputs else None
         pixel_label = pixel_labels(labels, proj)
         extra = interpolation_keys(scan, self.interpolation, self.geometry)
-        return self._sample(
+        sample = self._sample(
             i, draw, image, pixel_label, proj.rows, proj.cols, proj.depth, labels, rng, bad, points, extra
         )
+        scan_id, point_inputs = self.records[i].scan_id, self.point_inputs
+        views = [
+            view_sample(scan, v, self.geometry, self.encode, self.interpolation, point_inputs, i, scan_id)
+            for v in self.views
+        ]
+        return {**sample, "views": views} if views else sample
 
     def _read(self, i: int, rng: np.random.Generator) -> Scan:
         """Scan ``i`` as read, put through the point transforms (drawing from ``rng``) when there are some."""

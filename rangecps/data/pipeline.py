@@ -26,6 +26,7 @@ from rangecps.data.index import Geometry
 from rangecps.data.point_batch import interpolation_keys
 from rangecps.data.sample import CHANNELS, non_finite, pack_sample, project_scan
 from rangecps.data.scan_mixing import SphericalImage
+from rangecps.data.tta import View, view_sample
 from rangecps.io import Scan
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ class ScanPipeline:
         index: int = 0,
         name: str = "",
         point_inputs: bool = False,
+        view: View | None = None,
     ) -> dict:
         """The sample of one scan, as a dataset makes it without augmentation (keys in ``rangecps.data.sample``).
 
@@ -121,6 +123,8 @@ class ScanPipeline:
                 model (FRNet) reads; :func:`~rangecps.data.sample.collate` turns them into ``points``/``coors``.
                 With ``interpolation`` also the ``extra_*`` keys of the interpolated points, which the network
                 sees and the per-point outputs leave out.
+            view: a test-time view (:mod:`rangecps.data.tta`): the sample of the points seen through it, in their
+                order (no labels; interpolated points made before the view moves them).
         Points with a non-finite value get no pixel (see :func:`~rangecps.data.sample.project_scan`).
         """
         points = np.ascontiguousarray(points, dtype=np.float32)
@@ -131,6 +135,10 @@ class ScanPipeline:
         if self.geometry.rings and ring is None:
             raise ValueError(f"{name or 'points'}: this model's rows are laser rings; pass ring=(N,) indices")
         scan = Scan(points, None if ring is None else np.asarray(ring, np.int64), meta={"points": name})
+        if view is not None:
+            return view_sample(
+                scan, view, self.geometry, self.encoding, self.interpolation, point_inputs, index, name
+            )
         bad_points = non_finite(points)
         proj = project_scan(scan, self.geometry, bad_points)
         image = self.encoding(points, proj)

@@ -6,6 +6,7 @@ calls these; they live apart so that the dataset module stays about reading, pro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,17 +18,25 @@ from rangecps.io import Scan
 
 
 def interpolation_keys(
-    scan: Scan, image: SphericalImage | None, geometry: Geometry
+    scan: Scan,
+    image: SphericalImage | None,
+    geometry: Geometry,
+    move: Callable[[Scan], Scan] | None = None,
 ) -> dict[str, torch.Tensor] | None:
     """The sample keys of evaluation-time RangeInterpolation (see :mod:`rangecps.data.sample`), None without ``image``:
     the points :func:`~rangecps.data.scan_mixing.interpolated_points` adds to ``scan`` on ``image`` that get a
     pixel of ``geometry``, ``extra_points`` (E, 4), with their ``extra_rows`` / ``extra_cols`` (E,). A point's
-    pixel depends on that point alone, so the added points are projected by themselves."""
+    pixel depends on that point alone, so the added points are projected by themselves.
+
+    ``move``: a test-time view (:class:`rangecps.data.tta.View`) of the scan: the points are interpolated on
+    ``scan`` as read and then moved, as the FRNet release's test pipeline interpolates before its views."""
     if image is None:
         return None
     from rangecps.data.sample import project_scan  # the sample module imports this one
 
     extra = interpolated_points(scan, image)
+    if move is not None:
+        extra = move(extra)
     proj = project_scan(extra, geometry)
     keep = proj.rows >= 0
     return {

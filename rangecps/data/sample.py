@@ -23,9 +23,11 @@ at inference): :func:`pack_sample` makes it. Its keys:
 | ``draw``         | int               | the key of this draw's augmentation (see ``__getitem__``)           |
 | ``scan_id``      | str               | ``SS/NNNNNN`` or the nuScenes sample token                          |
 | ``non_finite``   | int               | points with a NaN / infinite value (no pixel; see ``project_scan``) |
+| ``views``        | list of samples   | test-time augmentation only: the scan through each view (tta.py)    |
 
 :func:`collate` stacks the images to (B, ...) and pads the per-point arrays to the longest scan of the batch
-(rows/cols -1, depth -1, labels 0), so ``num_points`` (B,) tells where each scan's points end. Training datasets
+(rows/cols -1, depth -1, labels 0), so ``num_points`` (B,) tells where each scan's points end; ``views`` becomes
+one collated batch per view. Training datasets
 are built with ``with_points=False`` and carry the pixel keys only.
 
 Point inputs (``RangeDataset(point_inputs=True)``, for point-based range-view networks such as FRNet, whose
@@ -210,4 +212,6 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     out["non_finite"] = torch.tensor([s.get("non_finite", 0) for s in samples])
     if "points" in samples[0]:
         out.update(collate_points(samples))
+    if "views" in samples[0]:  # test-time augmentation: one batch per view, scans in the same order
+        out["views"] = [collate([s["views"][v] for s in samples]) for v in range(len(samples[0]["views"]))]
     return out

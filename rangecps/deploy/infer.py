@@ -68,6 +68,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sensor", default=None, help="preset (hdl64e, hdl32e, vlp16, vlp32c, os1-64, os1-128) "
                    "or H,W,UP,DOWN[,rings]; default: the training geometry")  # fmt: skip
     p.add_argument("--no-knn", action="store_true", help="each point takes its pixel's class")
+    p.add_argument(
+        "--tta", type=int, default=None, metavar="N",
+        help="test-time augmentation: average N views of each scan (default: the run's eval.tta, none for "
+        ".onnx; 0: none)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=1, help="scans per network call")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when available)")
     p.add_argument("--render", action="store_true", help="also write a PNG of each scan's range image")
@@ -106,6 +111,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.tta is not None and args.tta < 0:
+        raise ValueError(f"--tta must be >= 0 (views; 0 for none), got {args.tta}")
     out: Path = args.out
     keep = [("the model", args.model), ("the current folder", Path.cwd())]
     keep += [("the input", p) for p in args.inputs]
@@ -116,9 +123,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.model.suffix == ".onnx":
             if args.net is not None:
                 raise ValueError("--net: an exported model holds the net it was exported with")
-            seg = Segmenter.from_onnx(args.model, args.device, args.sensor, knn)
+            seg = Segmenter.from_onnx(args.model, args.device, args.sensor, knn, tta=args.tta or 0)
         else:
-            seg = Segmenter.from_checkpoint(args.model, args.device, args.net, args.sensor, knn)
+            seg = Segmenter.from_checkpoint(args.model, args.device, args.net, args.sensor, knn, tta=args.tta)
     notes = [str(w.message) for w in caught if issubclass(w.category, GeometryWarning)]
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -174,6 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "geometry_warnings": notes,
             "point_model": seg.point_model,
             "knn": None if seg.point_model else seg.knn is not None,
+            "tta_views": [v.to_dict() for v in seg.views],
             "scans": c.scans,
             "points": c.points,
             "non_finite_points": c.non_finite,

@@ -18,6 +18,11 @@ each scan is densified by the same RangeInterpolation, the network sees the adde
 predictions are dropped, so the labels and probabilities cover exactly the N points given, in their order
 (``counts.interpolated`` counts the added points). Another sensor (:meth:`Segmenter.for_sensor`) changes the
 projection only: the interpolation keeps the recorded image.
+
+Test-time augmentation (``tta``: a number of views, :mod:`rangecps.data.tta`) labels each scan from the softmax
+averaged over its views, exactly as ``rangecps-eval --tta`` does (:func:`~rangecps.eval.tta.segment_views`);
+``from_checkpoint`` takes the run's ``eval.tta`` unless told otherwise, ``from_onnx`` none. It costs one network
+pass per view.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from rangecps.data.build import eval_interpolation
 from rangecps.data.index import Geometry
 from rangecps.data.pipeline import ScanPipeline
 from rangecps.data.sample import collate
+from rangecps.data.tta import View, tta_views
 from rangecps.deploy.sensors import geometry_difference, parse_sensor
 from rangecps.device import precision
 from rangecps.eval.predict import Forward, knn_settings, net_forward, segment_batch
@@ -44,6 +50,7 @@ from rangecps.eval.predict_points import (
     segment_point_batch,
 )
 from rangecps.eval.runs import LoadedRun, choose_net, load_run, net_names
+from rangecps.eval.tta import segment_views
 from rangecps.models import is_point_model
 
 
@@ -133,6 +140,7 @@ class Segmenter:
     source: str
     counts: Counts = field(default_factory=Counts)
     point_model: bool = False  # the net takes points (FRNet): forward is a PointForward, no kNN
+    views: tuple[View, ...] = ()  # test-time augmentation views; () for one plain pass
 
     @classmethod
     def from_checkpoint(
@@ -143,6 +151,7 @@ class Segmenter:
         sensor: str | Geometry | None = None,
         knn: bool | None = None,
         amp: str | None = None,
+        tta: int | None = None,
     ) -> Segmenter:
         """Load a run folder (its ``best.pt``, else ``last.pt``) or a checkpoint file.
 
@@ -154,6 +163,8 @@ class Segmenter:
             knn: kNN post-processing (None: the run's ``eval.knn``; a point model never runs it and warns when
                 it is asked for).
             amp: ``auto`` / ``bf16`` / ``fp16`` / ``off`` (None: the run's ``train.amp``, as rangecps-eval).
+            tta: test-time augmentation views (None: the run's ``eval.tta``, as rangecps-eval; 0: none), drawn
+                from the run's ``eval.tta_seed``.
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         run, chosen, nets, pipeline = load_nets(path, device, net)
@@ -181,6 +192,7 @@ class Segmenter:
             net=chosen,
             source=str(run.path),
             point_model=point_model,
+            views=tta_views(cfg.eval.tta if tta is None else tta, cfg.eval.tta_seed),
         )
         return seg.for_sensor(sensor) if sensor is not None else seg
 
@@ -192,12 +204,15 @@ class Segmenter:
         sensor: str | Geometry | None = None,
         knn: bool | None = None,
         providers: list[str] | None = None,
+        tta: int = 0,
+        tta_seed: int = 0,
     ) -> Segmenter:
         """Run an exported model (``rangecps-export``) through onnxruntime; the JSON sidecar beside it gives the
         pipeline and kNN parameters. Outputs equal :meth:`from_checkpoint`'s within the export's tolerance.
 
         A point model's graph takes one scan at a time on the frustum grid it was exported with (the sidecar's
-        ``input.grid``): batches run scan by scan, and another sensor's grid is refused when predicting."""
+        ``input.grid``): batches run scan by scan, and another sensor's grid is refused when predicting.
+        ``tta``: test-time augmentation views drawn from ``tta_seed`` (the sidecar records none)."""
         from rangecps.deploy.onnx import OnnxRunner, read_sidecar
 
         meta = read_sidecar(path)
@@ -250,6 +265,7 @@ class Segmenter:
             net=meta["net"],
             source=str(path),
             point_model=point_model,
+            views=tta_views(tta, tta_seed),
         )
         return seg.for_sensor(sensor) if sensor is not None else seg
 
@@ -294,12 +310,23 @@ class Segmenter:
         rings = [ring] if single else (list(ring) if ring is not None else [None] * len(clouds))
         if len(rings) != len(clouds):
             raise ValueError(f"predict: {len(clouds)} scans but {len(rings)} ring arrays")
-        samples = [
-            self.pipeline.sample(p, r, i, f"scan {i}", point_inputs=self.point_model)
-            for i, (p, r) in enumerate(zip(clouds, rings, strict=True))
-        ]
+        samples = []
+        for i, (p, r) in enumerate(zip(clouds, rings, strict=True)):
+            sample = self.pipeline.sample(p, r, i, f"scan {i}", point_inputs=self.point_model)
+            if self.views:
+                sample["views"] = [
+                    self.pipeline.sample(p, r, i, f"scan {i}", self.point_model, view=v) for v in self.views
+                ]
+            samples.append(sample)
         batch = collate(samples)
-        if self.point_model:
+        if self.views:
+            _, _, scans = segment_views(
+                self.forward, batch, self.device, self.num_classes, self.knn, self.point_model,
+                self.scores_are_probs, return_probs,
+            )  # fmt: skip
+            if "point_extra" in batch:
+                self.counts.interpolated += int(batch["point_extra"].sum())
+        elif self.point_model:
             _, scans = segment_point_batch(
                 self.forward, batch, self.device, self.num_classes, return_probs, self.scores_are_probs
             )

@@ -66,6 +66,7 @@ from rangecps.data.build import DataBundle, build_data
 from rangecps.data.dataset import RangeDataset
 from rangecps.data.pipeline import ScanPipeline
 from rangecps.data.sample import collate
+from rangecps.data.tta import View, tta_views
 from rangecps.device import precision
 from rangecps.eval.metrics import ConfusionMatrix, official_convention
 from rangecps.eval.outputs import StagedFolder, check_out_folder, write_manifest
@@ -74,14 +75,15 @@ from rangecps.eval.predict_points import point_net_forward, segment_point_batch
 from rangecps.eval.report import LEVELS, POINT_MODEL_LEVEL, level_dict
 from rangecps.eval.runs import LoadedRun, choose_net, load_run, net_names
 from rangecps.eval.submit import PREDICTION_TREES, make_writer
+from rangecps.eval.tta import segment_views
 from rangecps.models import is_point_model
 
 
 def _open_split(
-    run: LoadedRun, split: str, write: bool, point_inputs: bool = False
+    run: LoadedRun, split: str, write: bool, point_inputs: bool = False, views: tuple[View, ...] = ()
 ) -> tuple[DataBundle, RangeDataset, bool]:
-    """The run's data, ``split`` as a dataset (with the points of a point model when ``point_inputs``), and
-    whether it has labels; refuses what cannot be evaluated."""
+    """The run's data, ``split`` as a dataset (with the points of a point model when ``point_inputs``, and the
+    test-time ``views`` of every scan), and whether it has labels; refuses what cannot be evaluated."""
     cfg = run.cfg
     if not Path(cfg.data.root).exists():
         raise FileNotFoundError(
@@ -93,7 +95,7 @@ def _open_split(
         raise ValueError(
             f"{run.path}: trained on classes {trained}, but {cfg.data.dataset} has {data.label_map.names}"
         )
-    dataset = data.dataset(split, point_inputs=point_inputs, interpolate=point_inputs)
+    dataset = data.dataset(split, point_inputs=point_inputs, interpolate=point_inputs, views=views)
     if "pipeline" in run.state["derived"]:
         # Normalise with the statistics the network was trained with, which the checkpoint holds, not with the
         # root's statistics of today (a root prepared again, or one without training scans, has others).
@@ -152,6 +154,7 @@ def evaluate(
     progress: bool = True,
     device: str | torch.device | None = None,
     overwrite: bool = False,
+    tta: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (a file or a run folder) on ``split``; returns what ``metrics.json`` holds.
 
@@ -168,6 +171,8 @@ def evaluate(
         device: default CUDA when available, else CPU.
         overwrite: replace an ``out`` folder that holds anything. The default folder is the tool's own: a complete
             new evaluation replaces it without asking.
+        tta: test-time augmentation views (None: the config's ``eval.tta``; 0: none), drawn from
+            ``eval.tta_seed`` (:mod:`rangecps.eval.tta`); ``metrics.json`` records them (``tta``).
 
     The results folder is all-or-nothing: everything is written into a hidden sibling staging folder and moved
     into place when complete (see :class:`rangecps.eval.outputs.StagedFolder`), under ``out``'s lock, so an
@@ -191,7 +196,8 @@ def evaluate(
         notes.append(f"--knn ignored: {cfg.model.name} is a point model and predicts every point itself")
     knn = False if point_model else (cfg.eval.knn if knn is None else knn)
     write = write_predictions or submission
-    data, dataset, has_labels = _open_split(run, split, write, point_model)
+    views = tta_views(cfg.eval.tta if tta is None else tta, cfg.eval.tta_seed)
+    data, dataset, has_labels = _open_split(run, split, write, point_model, views)
     default_dir = run.path.parent / f"eval_{split}_{net}"
     out_dir = Path(out) if out is not None else default_dir
     own = out_dir.resolve() == default_dir.resolve()  # the tool's own folder: replaced without asking
@@ -233,7 +239,16 @@ def evaluate(
         forward = net_forward(nets, amp, channels_last)
         forward_points = point_net_forward(nets, amp)
         for batch in tqdm(loader, desc=f"eval {split} ({net})", disable=not progress, dynamic_ncols=True):
-            if point_model:
+            if views:
+                pred, mask, scans = segment_views(
+                    forward_points if point_model else forward, batch, device, k, knn_params if knn else None,
+                    point_model, scores_are_probs=len(nets) > 1,
+                )  # fmt: skip
+                if has_labels and not point_model:
+                    cms["range_pixel"].update(batch["label"].to(device)[mask], pred[mask])
+                if "point_extra" in batch:
+                    interpolated += int(batch["point_extra"].sum())
+            elif point_model:
                 _, scans = segment_point_batch(forward_points, batch, device, k)
                 if "point_extra" in batch:  # fed to the network, not scored (their predictions are dropped)
                     interpolated += int(batch["point_extra"].sum())
@@ -278,6 +293,7 @@ def evaluate(
             "nets_in_checkpoint": len(run.nets),
             "point_model": point_model,
             "knn": None if point_model else {"enabled": knn, **knn_params},  # null: no kNN, a point model
+            "tta": {"views": [v.to_dict() for v in views], "seed": cfg.eval.tta_seed} if views else None,
             "range_interpolation": dataset.interpolation is not None,
             "interpolated_points": interpolated,
             "image": {"height": data.geometry.height, "width": data.geometry.width},
@@ -305,7 +321,8 @@ def evaluate(
                 "method description": f"range-view {cfg.model.name} trained with {cfg.train.method} on "
                 f"{cfg.data.labels} labels; net {net}; kNN post-processing "
                 + ("none (point model)" if point_model else "on" if knn else "off")
-                + ("; RangeInterpolation at test time" if dataset.interpolation is not None else ""),
+                + ("; RangeInterpolation at test time" if dataset.interpolation is not None else "")
+                + (f"; test-time augmentation, {len(views)} views" if views else ""),
             }
             try:
                 result["submission"] = [str(shown(p)) for p in writer.finish(description)]
