@@ -35,14 +35,16 @@ from rangecps.io import read_kitti_points
 
 
 def time_size(
-    size_name: str, views: int, repeats: int, threads: int, root: Path, folder: Path
+    size_name: str, views: int, repeats: int, threads: int, root: Path, folder: Path, backend: str = "torch"
 ) -> dict[str, Any]:
-    """Median ms per scan of ``Segmenter.predict`` at ``size_name`` without and with ``views`` views."""
+    """Median ms per scan of ``Segmenter.predict`` at ``size_name`` without and with ``views`` views;
+    ``backend``: ``torch`` (CPU) or ``torch-cuda`` (``bench_infer``'s)."""
     set_threads(threads)
     size = SIZES[size_name]
     pipeline, paths, knn = load_scans(size.width_px, root)
-    models = prepare_models(size_name, root, folder, onnx=False)
-    plain, info = make_segmenter("torch", size, pipeline, knn, models["weights"], None, threads, "auto")
+    device = "cuda" if backend.endswith("-cuda") else "cpu"
+    models = prepare_models(size_name, root, folder, onnx=False, device=device)
+    plain, info = make_segmenter(backend, size, pipeline, knn, models["weights"], None, threads, "auto")
     tta = replace(plain, views=tta_views(views, seed=0))
     scans = [read_kitti_points(paths[i % len(paths)]) for i in range(repeats)]
     plain.predict(scans[0]), tta.predict(scans[0])  # warm-up: numba caches, allocator
@@ -59,6 +61,7 @@ def time_size(
     ms = {k: statistics.median(v) for k, v in runs.items()}
     return {
         "size": size_name,
+        "backend": backend,
         "model": size.describe(),
         "views": views,
         "knn": knn is not None and not size.points,

@@ -175,6 +175,10 @@ class TrainConfig:
     max_steps: int | None = (
         None  # stop early (CPU-sized runs); total steps still follow from epochs (or steps) otherwise
     )
+    # Micro-batches of data.batch_size (+ unlabeled) scans per optimiser step, their gradients averaged as DDP
+    # averages its processes': a one-process stand-in for N processes that is exact but for batch norm, which
+    # normalises each micro-batch alone (SyncBN would see them all). Global batch: world x batch x accumulate.
+    accumulate: int = 1
     seed: int = 0
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool = True

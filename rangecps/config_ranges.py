@@ -71,6 +71,7 @@ def range_problems(cfg: Config) -> list[tuple[str, str]]:
     need(all(v >= 1 for v in t.epochs_by_labels.values()), "train.epochs_by_labels", "epochs must be >= 1")
     need(t.max_steps is None or t.max_steps >= 1, "train.max_steps", "must be >= 1, or null for the full run")
     need(t.steps is None or t.steps >= 1, "train.steps", "must be >= 1, or null for epochs x steps per epoch")
+    need(t.accumulate >= 1, "train.accumulate", "must be >= 1 (micro-batches per optimiser step)")
     for key in ("val_every", "log_every", "ckpt_every"):
         need(getattr(t, key) >= 1, f"train.{key}", "must be >= 1 (steps)")
     need(e.knn_search >= 1 and e.knn_search % 2 == 1, "eval.knn_search", "must be an odd number >= 1")

@@ -42,7 +42,6 @@ from rangecps import dist
 from rangecps.atomic import atomic_write
 from rangecps.checkpoint import code_revision, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from rangecps.config import Config, check_config, dump_yaml, to_dict
-from rangecps.cps import cps_step
 from rangecps.data.build import build_data
 from rangecps.data.lasermix import LaserMix
 from rangecps.data.pipeline import ScanPipeline
@@ -55,7 +54,6 @@ from rangecps.methods import METHODS
 from rangecps.models import build_model, is_point_model
 from rangecps.models.frnet import POINT_CHANNELS
 from rangecps.optim import make_optimisers
-from rangecps.point_step import point_step, training_points
 from rangecps.runlog import (
     RunLog,
     absolute_path,
@@ -66,7 +64,7 @@ from rangecps.runlog import (
     with_absolute_paths,
 )
 from rangecps.teacher import ema_update, make_teacher
-from rangecps.train_stream import non_finite_scans, scan_ids, training_stream
+from rangecps.train_stream import batch_losses, non_finite_scans, scan_ids, training_stream
 
 
 def train(
@@ -171,7 +169,7 @@ def _train(
         "steps_per_epoch": loader.steps_per_epoch,
         "total_steps": total_steps,
         "world_size": info.world,
-        "global_batch": cfg.data.batch_size * info.world,
+        "global_batch": cfg.data.batch_size * info.world * cfg.train.accumulate,
         "labeled_scans": len(labeled_ids),
         "unlabeled_scans": len(data.split.unlabeled),
         "split_source": data.split.source,
@@ -270,59 +268,49 @@ def _train(
     start_time, resumed_at = time.time(), step
     for net in nets:
         net.train()
+    grid = (data.geometry.height, data.geometry.width)
     while step < stop_step:
         epoch, offset = divmod(step, loader.steps_per_epoch)
         loader.set_epoch(epoch, offset)
-        for labeled, unlabeled in loader:
-            met = non_finite_scans(
-                labeled, unlabeled
-            )  # scans of the batch with non-finite points, and how many
-            if met and not non_finite_here and main:
-                tqdm.write(
-                    f"note: step {step + 1}: points with a NaN or infinite value get no pixel "
-                    f"({', '.join(f'{n} in {i}' for i, n in met)}); summary.json counts all such points "
-                    "(non_finite_points)"
-                )
-            non_finite_here += sum(n for _, n in met)
-            batches = [
-                to_device(b, device, channels_last) if b is not None else None for b in (labeled, unlabeled)
-            ]
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                if point:
-                    losses = point_step(
-                        train_nets,
-                        *(training_points(b) if b is not None else None for b in batches),
-                        cfg.train.method,
-                        cfg.loss,
-                        weight,
-                        generator,
-                        grid=(data.geometry.height, data.geometry.width),
-                        semi=cfg.semi,
-                        mixer=mixer,
-                        step=step,
-                    )
-                else:
-                    losses = cps_step(
-                        train_nets,
-                        *batches,
-                        cfg.train.method,
-                        cfg.loss,
-                        weight,
-                        generator,
-                        semi=cfg.semi,
-                        mixer=mixer,
-                        step=step,
-                    )
-            if not torch.isfinite(losses["loss"]):
-                raise FloatingPointError(
-                    f"step {step + 1}: loss is {losses['loss'].item()} on a batch of scans "
-                    f"{', '.join(scan_ids(labeled, unlabeled))}; check these scans for invalid values first "
-                    f"(rangecps-prep checks a dataset root), then lower optim.lr or change train.amp "
-                    f"(autocast {prec.record()['amp']} now)"
-                )
+        for micro_batches in loader.steps():  # train.accumulate (labeled, unlabeled) pairs a step
             for o in opts:
                 o.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
+            summed: dict[str, torch.Tensor] = {}
+            for m, (labeled, unlabeled) in enumerate(micro_batches):
+                met = non_finite_scans(labeled, unlabeled)  # scans with non-finite points, and how many
+                if met and not non_finite_here and main:
+                    tqdm.write(
+                        f"note: step {step + 1}: points with a NaN or infinite value get no pixel "
+                        f"({', '.join(f'{n} in {i}' for i, n in met)}); summary.json counts all such points "
+                        "(non_finite_points)"
+                    )
+                non_finite_here += sum(n for _, n in met)
+                batches = [
+                    to_device(b, device, channels_last) if b is not None else None
+                    for b in (labeled, unlabeled)
+                ]
+                # DDP reduces gradients once a step: on the last micro-batch's backward.
+                with ExitStack() as no_sync:
+                    if m < len(micro_batches) - 1:
+                        for n in train_nets:
+                            if isinstance(n, DistributedDataParallel):
+                                no_sync.enter_context(n.no_sync())
+                    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                        losses = batch_losses(
+                            train_nets, batches, cfg, weight, generator, grid, mixer, step, point
+                        )
+                    if not torch.isfinite(losses["loss"]):
+                        raise FloatingPointError(
+                            f"step {step + 1}: loss is {losses['loss'].item()} on a batch of scans "
+                            f"{', '.join(scan_ids(labeled, unlabeled))}; check these scans for invalid values "
+                            f"first (rangecps-prep checks a dataset root), then lower optim.lr or change "
+                            f"train.amp (autocast {prec.record()['amp']} now)"
+                        )
+                    # The mean of the micro-batches' gradients, as DDP takes the mean of its processes'.
+                    scaler.scale(losses["loss"] / len(micro_batches)).backward()
+                for k, v in losses.items():
+                    summed[k] = summed.get(k, 0) + v.detach() / len(micro_batches)
+            losses = summed
             for net, o in zip(trained, opts, strict=True):
                 if cfg.optim.grad_clip > 0:
                     scaler.unscale_(o)

@@ -1,5 +1,5 @@
-"""What the training loop reads: the labeled and unlabeled streams of a run, the length of its schedule, and what
-a batch says about itself (its scans, their non-finite points).
+"""What the training loop reads: the labeled and unlabeled streams of a run, the length of its schedule, what
+a batch says about itself (its scans, their non-finite points) and its losses for the run's kind of model.
 
 Kept apart from :mod:`rangecps.train` so that the loop reads as the loop. The streams are
 :func:`rangecps.data.loader.semi_supervised_loader` over the run's labeled and unlabeled scans; point models
@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from rangecps.config import Config
+from rangecps.cps import cps_step
 from rangecps.data.build import DataBundle
+from rangecps.data.lasermix import LaserMix
 from rangecps.data.loader import SemiSupervisedLoader, semi_supervised_loader
 from rangecps.dist import DistInfo
 from rangecps.methods import Method
+from rangecps.point_step import point_step, training_points
 
 
 @dataclass
@@ -59,12 +63,35 @@ def training_stream(
         info.rank,
         info.world,
         unlabeled_size=len(data.split.unlabeled),
+        micro_batches=cfg.train.accumulate,
     )
     epochs = cfg.train.epochs_by_labels.get(cfg.data.labels, cfg.train.epochs)
     total_steps = cfg.train.steps or epochs * loader.steps_per_epoch
     if cfg.train.steps:
         epochs = -(-total_steps // loader.steps_per_epoch)
     return TrainingStream(loader, tuple(labeled_ids), epochs, total_steps)
+
+
+def batch_losses(
+    nets: list[nn.Module],
+    batches: list[dict[str, Any] | None],
+    cfg: Config,
+    weight: torch.Tensor | None,
+    generator: torch.Generator,
+    grid: tuple[int, int],
+    mixer: LaserMix | None,
+    step: int,
+    point: bool,
+) -> dict[str, torch.Tensor]:
+    """The named losses of one (labeled, unlabeled or None) batch on the device: :func:`rangecps.cps.cps_step`
+    for image nets, :func:`rangecps.point_step.point_step` on the batch's points for point nets (``grid``: the
+    frustum grid)."""
+    if point:
+        points = [training_points(b) if b is not None else None for b in batches]
+        return point_step(nets, *points, cfg.train.method, cfg.loss, weight, generator, grid=grid,
+                          semi=cfg.semi, mixer=mixer, step=step)  # fmt: skip
+    return cps_step(nets, *batches, cfg.train.method, cfg.loss, weight, generator, semi=cfg.semi, mixer=mixer,
+                    step=step)  # fmt: skip
 
 
 def non_finite_scans(labeled: dict[str, Any], unlabeled: dict[str, Any] | None) -> list[tuple[str, int]]:

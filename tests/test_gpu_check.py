@@ -31,3 +31,16 @@ def test_dry_run_times_every_method_and_the_cps_step(tmp_path: Path) -> None:
     assert steps["cps"]["step_s"] > steps["sup_only"]["step_s"]
     assert steps["cps"]["trained_nets"] == 2 and steps["sup_only"]["trained_nets"] == 1
     assert "cps_lasermix step, fidnet width 0.125, 64x512, batch 1:" in done.stdout
+
+
+def test_dry_run_times_test_time_augmentation(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run(
+        [sys.executable, str(GPU_CHECK), "--dry-run", "--parts", "tta", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    sizes = json.loads(out.read_text())["parts"]["tta"]["sizes"]
+    assert set(sizes) == {"small", "frnet-small"}
+    for r in sizes.values():  # four views cost more than one pass, and change some labels of a random net
+        assert r["views"] == 4 and r["tta_ms"] > r["plain_ms"] > 0 and r["labels_changed_share"] > 0

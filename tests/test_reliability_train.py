@@ -114,7 +114,7 @@ def test_a_nan_loss_names_the_batch_and_frees_the_folder(
     def nan_step(*args: object, **kwargs: object) -> dict[str, torch.Tensor]:
         return {"loss": torch.tensor(float("nan"), requires_grad=True)}
 
-    monkeypatch.setattr("rangecps.train.cps_step", nan_step)
+    monkeypatch.setattr("rangecps.train_stream.cps_step", nan_step)
     run = tmp_path / "run"
     with pytest.raises(FloatingPointError) as caught:
         train(tiny(synthetic_kitti, "train.method=cps", "train.max_steps=2"), run, progress=False)

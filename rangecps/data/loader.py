@@ -92,22 +92,33 @@ def make_loader(
 
 @dataclass
 class SemiSupervisedLoader:
-    """Yields ``(labeled_batch, unlabeled_batch)`` pairs, ``steps_per_epoch`` per epoch; ``unlabeled_batch`` is
-    None when there is no unlabeled stream (``sup_only``)."""
+    """Yields ``(labeled_batch, unlabeled_batch)`` pairs, ``steps_per_epoch x micro_batches`` per epoch;
+    ``unlabeled_batch`` is None when there is no unlabeled stream (``sup_only``). :meth:`steps` groups them into
+    optimiser steps of ``micro_batches`` consecutive pairs (gradient accumulation; 1: a pair a step)."""
 
     labeled: DataLoader
     unlabeled: DataLoader | None
     steps_per_epoch: int
+    micro_batches: int = 1
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """Select ``epoch``'s streams, starting at step ``start_step`` of it (resuming a run)."""
+        """Select ``epoch``'s streams, starting at optimiser step ``start_step`` of it (resuming a run)."""
         for loader in (self.labeled, self.unlabeled):
             if loader is not None:
-                loader.sampler.set_epoch(epoch, start_step * loader.batch_size)
+                loader.sampler.set_epoch(epoch, start_step * self.micro_batches * loader.batch_size)
                 loader.dataset.set_epoch(epoch)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
+
+    def steps(self) -> Iterator[list[tuple[dict, dict | None]]]:
+        """The rest of the epoch as optimiser steps: lists of ``micro_batches`` pairs, in stream order."""
+        group: list[tuple[dict, dict | None]] = []
+        for pair in self:
+            group.append(pair)
+            if len(group) == self.micro_batches:
+                yield group
+                group = []
 
     def __iter__(self) -> Iterator[tuple[dict, dict | None]]:
         if self.unlabeled is None:
@@ -127,24 +138,28 @@ def semi_supervised_loader(
     rank: int = 0,
     world: int = 1,
     unlabeled_size: int | None = None,
+    micro_batches: int = 1,
 ) -> SemiSupervisedLoader:
-    """Build the paired streams. ``batch_size`` and ``unlabeled_batch_size`` are per process.
+    """Build the paired streams. ``batch_size`` and ``unlabeled_batch_size`` are per process and micro-batch;
+    an optimiser step takes ``micro_batches`` of them (gradient accumulation), so that an epoch has as many steps
+    as one of ``world x micro_batches`` processes would.
 
     ``unlabeled_size`` is the size of the unlabeled set that sets the epoch length (default: ``len(unlabeled)``);
     ``sup_only`` passes it without an unlabeled stream, so that its epochs have the same number of steps.
     """
     if unlabeled_size is None:
         unlabeled_size = len(unlabeled) if unlabeled is not None else 0
+    world_micro = world * micro_batches  # the stream's shares per optimiser step
     steps = max(
-        math.ceil(len(labeled) / (batch_size * world)),
-        math.ceil(unlabeled_size / (unlabeled_batch_size * world)),
+        math.ceil(len(labeled) / (batch_size * world_micro)),
+        math.ceil(unlabeled_size / (unlabeled_batch_size * world_micro)),
     )
-    lab_sampler = RepeatedShardSampler(len(labeled), steps * batch_size * world, seed, rank, world)
+    lab_sampler = RepeatedShardSampler(len(labeled), steps * batch_size * world_micro, seed, rank, world)
     lab = make_loader(labeled, lab_sampler, batch_size, num_workers, seed)
     unl = None
     if unlabeled is not None:
         unl_sampler = RepeatedShardSampler(
-            len(unlabeled), steps * unlabeled_batch_size * world, seed + 1, rank, world
+            len(unlabeled), steps * unlabeled_batch_size * world_micro, seed + 1, rank, world
         )
         unl = make_loader(unlabeled, unl_sampler, unlabeled_batch_size, num_workers, seed + 1)
-    return SemiSupervisedLoader(lab, unl, steps)
+    return SemiSupervisedLoader(lab, unl, steps, micro_batches)
