@@ -79,6 +79,7 @@ def range_problems(cfg: Config) -> list[tuple[str, str]]:
     need(e.knn_sigma > 0, "eval.knn_sigma", "must be > 0")
     need(e.knn_cutoff == e.knn_cutoff, "eval.knn_cutoff", "must be a number (<= 0 disables it)")
     need(e.tta >= 0, "eval.tta", "must be >= 0 (views; 0 turns test-time augmentation off)")
+    need(e.tta_seed >= 0, "eval.tta_seed", "must be >= 0")
     return out
 
 

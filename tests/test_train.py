@@ -103,14 +103,17 @@ def test_bad_config_is_refused_before_work(tmp_path: Path, capsys: pytest.Captur
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 @pytest.mark.parametrize(
-    ("method", "model"), [("cps", "fidnet"), ("lasermix", "fidnet"), ("cps_lasermix", "frnet")]
-)
+    ("method", "model", "forwards"),
+    [("cps", "fidnet", "joint"), ("cps", "fidnet", "separate"), ("lasermix", "fidnet", "joint"),
+     ("cps_lasermix", "frnet", "joint")],
+)  # fmt: skip
 def test_ddp_two_processes_equal_one_process(
-    synthetic_kitti: Path, tmp_path: Path, method: str, model: str
+    synthetic_kitti: Path, tmp_path: Path, method: str, model: str, forwards: str
 ) -> None:
     """Two processes with one scan each train as one process with both: nets, and for LaserMix the EMA teacher
     (its batch norm synchronised) and the partitions (drawn for the global batch). FRNet: its point batch norms
-    are synchronised too, and every point loss is a mean over scans."""
+    are synchronised too, and every point loss is a mean over scans. CPS with separate forwards: several
+    forwards before one backward under DDP, each batch norm synchronised over that forward's batch."""
     root = tmp_path / "data"
     shutil.copytree(synthetic_kitti, root)  # its own prep folder: both runs read the same index
     common = [
@@ -118,6 +121,7 @@ def test_ddp_two_processes_equal_one_process(
         *TINY,
         f"train.method={method}",
         f"model.name={model}",
+        f"semi.cps_forwards={forwards}",
         "semi.pseudo_threshold=0.0",
         "train.epochs=1",
         "train.max_steps=2",

@@ -5,6 +5,7 @@ the mirrored prediction; rangecps-eval, Segmenter and rangecps-infer agree and r
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from tiny_runs import tiny
 import rangecps.eval.evaluate as evaluate_module
 from rangecps import Segmenter
 from rangecps.cli import eval_main
+from rangecps.config import ConfigError, load_config
+from rangecps.data.encoding import InputEncoding
 from rangecps.data.index import Geometry
 from rangecps.data.point_batch import interpolation_keys
 from rangecps.data.scan_mixing import SphericalImage, interpolated_points
@@ -145,7 +148,8 @@ def test_a_flip_view_of_a_symmetric_scene_gives_the_mirrored_prediction(
     run: Path, frnet_run: Path, synthetic_kitti: Path, model: str
 ) -> None:
     seg = Segmenter.from_checkpoint(run if model == "fidnet" else frnet_run, device="cpu", knn=False)
-    seg.pipeline = seg.pipeline.__class__(**{**seg.pipeline.__dict__, "interpolation": None})
+    # Without RangeInterpolation: the points it adds are not mirror-symmetric, so the flip would see another cloud.
+    seg.pipeline = replace(seg.pipeline, interpolation=None)
     scene, partner = mirrored_scene(val_points(synthetic_kitti))
     plain = seg.predict(scene, return_probs=True)
     seg.views = (View(negate_y=True),)
@@ -204,8 +208,6 @@ def test_interpolated_points_are_made_before_the_view_moves_them() -> None:
     image = SphericalImage(32, 256, 3.0, -25.0)
     geometry = Geometry(height=16, width=64, fov_up=3.0, fov_down=-25.0, rings=False)
     view = tta_views(2, seed=5)[1]
-    from rangecps.data.encoding import InputEncoding
-
     encoding = InputEncoding.make("normalised", "kitti", (0.0,) * 5, (1.0,) * 5)
     sample = view_sample(scan, view, geometry, encoding, image, point_inputs=True)
     moved = view(interpolated_points(scan, image)).points  # interpolate, then move: the release's order
@@ -215,3 +217,9 @@ def test_interpolated_points_are_made_before_the_view_moves_them() -> None:
     assert (
         interpolation_keys(scan, image, geometry, view)["extra_points"].shape == sample["extra_points"].shape
     )
+
+
+def test_tta_settings_out_of_range_are_refused_when_the_config_loads() -> None:
+    with pytest.raises(ConfigError, match=r"eval\.tta: -1 is not allowed.*eval\.tta_seed: -2 is not allowed"):
+        load_config(None, ["eval.tta=-1", "eval.tta_seed=-2"])
+    assert load_config(None).eval.tta == 0  # off unless a config turns it on

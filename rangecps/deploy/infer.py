@@ -15,6 +15,9 @@ cannot be written is one line naming the file.
 
 A point model (an FRNet run, or its ONNX export) labels every point itself: no kNN runs (``--no-knn`` changes
 nothing), and ``summary.json`` records ``"point_model": true`` and ``"knn": null``.
+
+``--tta N`` labels each scan from N test-time views (:mod:`rangecps.eval.tta`; default: the run's ``eval.tta``,
+none for an ``.onnx``), N network passes a scan; ``summary.json`` records the views (``tta_views``).
 """
 
 from __future__ import annotations
