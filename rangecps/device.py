@@ -5,15 +5,45 @@ depends on the CPU: with native bf16 arithmetic (AVX512-BF16 or AMX) oneDNN's bf
 channels_last run FIDNet's CPS step 2.2x faster than float32 in the default layout (measured on an AMD EPYC with
 AVX512-BF16: 1.59 -> 0.73 s at width 0.25, 64x512; 3.4x on an Intel Xeon with AMX); without it bf16 is emulated
 and float32 is kept. :func:`precision` makes the choice once and says why, so that runs can record it.
+:func:`release_host_memory` gives the C heap's free pages back to the system between training steps.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl, Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return getattr(libc, "malloc_trim", None)
+
+
+def release_host_memory() -> None:
+    """Return the C heap's free pages to the system (glibc ``malloc_trim(0)``; nothing elsewhere).
+
+    Training point models on a CPU allocates tensors of another size every step (each scan has its own number of
+    points), and glibc keeps the freed blocks in its heap: a CPS run of FRNet at width 0.25 grew from 4 to 8.6 GB
+    in 30 steps and to 12 GB in 65 (measured 2026-12-08; the same with the code before), holding nothing, until the
+    machine ran out. Trimming after every step kept it under 4.7 GB, for about 11 ms a step (of 6 s)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def select_device() -> torch.device:

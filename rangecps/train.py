@@ -46,7 +46,7 @@ from rangecps.data.build import build_data
 from rangecps.data.lasermix import LaserMix
 from rangecps.data.pipeline import ScanPipeline
 from rangecps.data.sample import CHANNELS
-from rangecps.device import precision, select_device, to_device
+from rangecps.device import precision, release_host_memory, select_device, to_device
 from rangecps.eval.validation import validate
 from rangecps.folders import folder_lock
 from rangecps.losses import class_weights
@@ -321,6 +321,8 @@ def _train(
                 ema_update(teacher, nets[0], cfg.semi.ema_momentum)
             for s in scheds:
                 s.step()
+            if device.type == "cpu":
+                release_host_memory()  # freed per-step buffers of varying size, else kept by the C heap
             step += 1
             bar.update(1)
             if step % cfg.train.log_every == 0 or step == stop_step:

@@ -6,13 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tiny_runs import TINY, tiny
 
+from rangecps import device as device_module
 from rangecps.checkpoint import load_checkpoint
 from rangecps.cli import train_main
 from rangecps.config import load_config
+from rangecps.device import release_host_memory
 from rangecps.optim import make_optimisers
 from rangecps.train import train
 
@@ -261,3 +264,27 @@ def test_one_cycle_momentum_follows_each_recipe(config: str, cycles: bool) -> No
         assert beta1[-1] > 0.94
     else:
         assert set(beta1) == {cfg.optim.betas[0]} == {0.9}
+
+
+def rss_mib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(
+    device_module._malloc_trim() is None, reason="the C library has no malloc_trim (not glibc)"
+)
+def test_release_host_memory_gives_freed_heap_blocks_back() -> None:
+    # As a point model's steps do. A freed block of 4 MB (glibc maps it, and on its release raises its mmap
+    # threshold to 4 MB, so that smaller blocks then come from the heap), then blocks of varying size allocated
+    # and freed, a few kept among them.
+    rng = np.random.default_rng(0)
+    first = torch.ones(2**20)
+    del first
+    blocks = [torch.ones(int(rng.integers(50_000, 500_000))) for _ in range(320)]
+    kept = blocks[7::8]  # the last one too: the freed blocks lie below it, where free() itself trims nothing
+    size_mib = sum(t.numel() * 4 for i, t in enumerate(blocks) if i % 8 != 7) / 2**20
+    del blocks
+    before = rss_mib()
+    release_host_memory()
+    assert before - rss_mib() > size_mib / 2, (before, rss_mib(), size_mib)
+    assert len(kept) == 40
