@@ -40,7 +40,9 @@ def release_host_memory() -> None:
     Training point models on a CPU allocates tensors of another size every step (each scan has its own number of
     points), and glibc keeps the freed blocks in its heap: a CPS run of FRNet at width 0.25 grew from 4 to 8.6 GB
     in 30 steps and to 12 GB in 65 (measured 2026-12-08; the same with the code before), holding nothing, until the
-    machine ran out. Trimming after every step kept it under 4.7 GB, for about 11 ms a step (of 6 s)."""
+    machine ran out. Trimming after every step kept it under 4.9 GB, for about 11 ms a step (of 6 s). Image
+    models' batches keep one shape, so their heap does not grow, and a trim there costs more (36 ms a step of a
+    CPU-sized FIDNet run): training trims after point models' steps only."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
