@@ -19,7 +19,7 @@ from rangecps.cli import eval_main
 from rangecps.config import ConfigError, load_config
 from rangecps.data.encoding import InputEncoding
 from rangecps.data.index import Geometry
-from rangecps.data.point_batch import interpolation_keys
+from rangecps.data.point_batch import added_point_keys
 from rangecps.data.scan_mixing import SphericalImage, interpolated_points
 from rangecps.data.tta import View, tta_views, view_sample
 from rangecps.deploy.infer import infer_main
@@ -209,13 +209,14 @@ def test_interpolated_points_are_made_before_the_view_moves_them() -> None:
     geometry = Geometry(height=16, width=64, fov_up=3.0, fov_down=-25.0, rings=False)
     view = tta_views(2, seed=5)[1]
     encoding = InputEncoding.make("normalised", "kitti", (0.0,) * 5, (1.0,) * 5)
-    sample = view_sample(scan, view, geometry, encoding, image, point_inputs=True)
+    sample = view_sample(scan, view, geometry, encoding, interpolated_points(scan, image), point_inputs=True)
     moved = view(interpolated_points(scan, image)).points  # interpolate, then move: the release's order
     p = project_spherical(moved, 16, 64, 3.0, -25.0)
     assert len(moved) > 0 and np.array_equal(sample["extra_points"].numpy(), moved[p.rows >= 0, :4])
     assert np.array_equal(sample["points"].numpy(), view(scan).points)
     assert (
-        interpolation_keys(scan, image, geometry, view)["extra_points"].shape == sample["extra_points"].shape
+        added_point_keys(interpolated_points(scan, image), geometry, view)["extra_points"].shape
+        == sample["extra_points"].shape
     )
 
 

@@ -25,9 +25,9 @@ from rangecps.data.augment import Compose
 from rangecps.data.cache import augment_cached, cache_file, read_cached, usable
 from rangecps.data.encoding import InputEncoding
 from rangecps.data.index import Geometry, ScanRecord, read_scan
-from rangecps.data.point_batch import interpolation_keys
+from rangecps.data.point_batch import added_point_keys
 from rangecps.data.sample import CHANNELS, non_finite, pack_sample, project_scan
-from rangecps.data.scan_mixing import ScanMixing, SphericalImage
+from rangecps.data.scan_mixing import ScanMixing, SphericalImage, interpolated_points
 from rangecps.data.tta import View, view_sample
 from rangecps.io import Scan, ScanFormatError
 from rangecps.labels import LabelMap
@@ -203,13 +203,15 @@ class RangeDataset(Dataset):
         bad = int(bad_points.sum())
         points = scan.points if self.point_inputs else None
         pixel_label = pixel_labels(labels, proj)
-        extra = interpolation_keys(scan, self.interpolation, self.geometry)
+        # RangeInterpolation once: the sample and every test-time view take the same added points.
+        added = interpolated_points(scan, self.interpolation) if self.interpolation is not None else None
+        extra = added_point_keys(added, self.geometry)
         sample = self._sample(
             i, draw, image, pixel_label, proj.rows, proj.cols, proj.depth, labels, rng, bad, points, extra
         )
         scan_id, point_inputs = self.records[i].scan_id, self.point_inputs
         views = [
-            view_sample(scan, v, self.geometry, self.encode, self.interpolation, point_inputs, i, scan_id)
+            view_sample(scan, v, self.geometry, self.encode, added, point_inputs, i, scan_id)
             for v in self.views
         ]
         return {**sample, "views": views} if views else sample
@@ -236,7 +238,7 @@ class RangeDataset(Dataset):
     ) -> dict[str, Any]:
         """Pack the sample dict (:func:`~rangecps.data.sample.pack_sample`) around the encoded (6, H, W)
         ``image``, rolling the columns of the images (and the points' columns) when ``roll``; ``points``: the
-        projected (N, 4) points of a point-input sample; ``extra``: its :func:`interpolation_keys`."""
+        projected (N, 4) points of a point-input sample; ``extra``: its :func:`added_point_keys`."""
         if self.roll:
             width = image.shape[-1]
             low, high = (100, width - 100) if width > 200 else (0, width - 1)

@@ -23,9 +23,9 @@ import numpy as np
 
 from rangecps.data.encoding import InputEncoding
 from rangecps.data.index import Geometry
-from rangecps.data.point_batch import interpolation_keys
+from rangecps.data.point_batch import added_point_keys
 from rangecps.data.sample import CHANNELS, non_finite, pack_sample, project_scan
-from rangecps.data.scan_mixing import SphericalImage
+from rangecps.data.scan_mixing import SphericalImage, interpolated_points
 from rangecps.data.tta import View, view_sample
 from rangecps.io import Scan
 
@@ -112,7 +112,7 @@ class ScanPipeline:
         index: int = 0,
         name: str = "",
         point_inputs: bool = False,
-        view: View | None = None,
+        views: tuple[View, ...] = (),
     ) -> dict:
         """The sample of one scan, as a dataset makes it without augmentation (keys in ``rangecps.data.sample``).
 
@@ -123,8 +123,9 @@ class ScanPipeline:
                 model (FRNet) reads; :func:`~rangecps.data.sample.collate` turns them into ``points``/``coors``.
                 With ``interpolation`` also the ``extra_*`` keys of the interpolated points, which the network
                 sees and the per-point outputs leave out.
-            view: a test-time view (:mod:`rangecps.data.tta`): the sample of the points seen through it, in their
-                order (no labels; interpolated points made before the view moves them).
+            views: test-time views (:mod:`rangecps.data.tta`): the sample also holds ``views``, the points seen
+                through each (no labels; interpolated points made once, before the views move them), as a
+                dataset with ``views`` makes it.
         Points with a non-finite value get no pixel (see :func:`~rangecps.data.sample.project_scan`).
         """
         points = np.ascontiguousarray(points, dtype=np.float32)
@@ -135,21 +136,24 @@ class ScanPipeline:
         if self.geometry.rings and ring is None:
             raise ValueError(f"{name or 'points'}: this model's rows are laser rings; pass ring=(N,) indices")
         scan = Scan(points, None if ring is None else np.asarray(ring, np.int64), meta={"points": name})
-        if view is not None:
-            return view_sample(
-                scan, view, self.geometry, self.encoding, self.interpolation, point_inputs, index, name
-            )
         bad_points = non_finite(points)
         proj = project_scan(scan, self.geometry, bad_points)
         image = self.encoding(points, proj)
         empty = np.zeros(len(points), np.int64)
         label = np.zeros((self.geometry.height, self.geometry.width), np.int64)
         bad = int(bad_points.sum())
-        extra = interpolation_keys(scan, self.interpolation, self.geometry) if point_inputs else None
-        return pack_sample(
+        interpolate = point_inputs and self.interpolation is not None
+        added = interpolated_points(scan, self.interpolation) if interpolate else None
+        sample = pack_sample(
             image, label, proj.rows, proj.cols, proj.depth, empty, index, index, name, non_finite=bad,
-            points=points if point_inputs else None, extra=extra,
+            points=points if point_inputs else None, extra=added_point_keys(added, self.geometry),
         )  # fmt: skip
+        if views:
+            geometry, encoding = self.geometry, self.encoding
+            sample["views"] = [
+                view_sample(scan, v, geometry, encoding, added, point_inputs, index, name) for v in views
+            ]
+        return sample
 
 
 def _lists(value: Any) -> Any:

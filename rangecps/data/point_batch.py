@@ -18,25 +18,26 @@ from rangecps.io import Scan
 
 
 def interpolation_keys(
-    scan: Scan,
-    image: SphericalImage | None,
-    geometry: Geometry,
-    move: Callable[[Scan], Scan] | None = None,
+    scan: Scan, image: SphericalImage | None, geometry: Geometry
 ) -> dict[str, torch.Tensor] | None:
     """The sample keys of evaluation-time RangeInterpolation (see :mod:`rangecps.data.sample`), None without ``image``:
     the points :func:`~rangecps.data.scan_mixing.interpolated_points` adds to ``scan`` on ``image`` that get a
-    pixel of ``geometry``, ``extra_points`` (E, 4), with their ``extra_rows`` / ``extra_cols`` (E,). A point's
-    pixel depends on that point alone, so the added points are projected by themselves.
+    pixel of ``geometry`` (:func:`added_point_keys`)."""
+    return added_point_keys(interpolated_points(scan, image) if image is not None else None, geometry)
 
-    ``move``: a test-time view (:class:`rangecps.data.tta.View`) of the scan: the points are interpolated on
-    ``scan`` as read and then moved, as the FRNet release's test pipeline interpolates before its views."""
-    if image is None:
+
+def added_point_keys(
+    added: Scan | None, geometry: Geometry, move: Callable[[Scan], Scan] | None = None
+) -> dict[str, torch.Tensor] | None:
+    """``extra_points`` (E, 4), ``extra_rows`` / ``extra_cols`` (E,): the points of ``added`` (a scan's
+    interpolated points; None: no keys) that get a pixel of ``geometry``, moved first by ``move`` (a test-time
+    view, :class:`rangecps.data.tta.View`: the FRNet release's test pipeline interpolates before its views). A
+    point's pixel depends on that point alone, so the added points are projected by themselves."""
+    if added is None:
         return None
     from rangecps.data.sample import project_scan  # the sample module imports this one
 
-    extra = interpolated_points(scan, image)
-    if move is not None:
-        extra = move(extra)
+    extra = move(added) if move is not None else added
     proj = project_scan(extra, geometry)
     keep = proj.rows >= 0
     return {
@@ -117,4 +118,4 @@ def original_rows(batch: dict[str, Any]) -> torch.Tensor:
     return keep
 
 
-__all__ = ["collate_points", "interpolation_keys", "original_rows"]
+__all__ = ["added_point_keys", "collate_points", "interpolation_keys", "original_rows"]

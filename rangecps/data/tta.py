@@ -14,22 +14,21 @@ result is reproducible from the seed alone (the release draws new ones for every
 :func:`view_sample` reads a :class:`~rangecps.io.Scan` (``points`` (N, 4), ``ring`` (N,) or None) and writes a
 sample of :mod:`rangecps.data.sample` (per-point keys always, the point-input keys on request, no labels): the
 moved points projected and encoded, in the scan's own point order, so that a view's per-point output lines up
-with the scan's points. With ``interpolation`` the added points are interpolated on the scan as read and then
+with the scan's points. A point model's ``added`` points (RangeInterpolation's, made once on the scan as read) are
 moved with it. The networks' outputs over the views are averaged by :mod:`rangecps.eval.tta`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from rangecps.data.augment import affine_scan
 from rangecps.data.encoding import InputEncoding
 from rangecps.data.index import Geometry
-from rangecps.data.point_batch import interpolation_keys
+from rangecps.data.point_batch import added_point_keys
 from rangecps.data.sample import non_finite, pack_sample, project_scan
-from rangecps.data.scan_mixing import SphericalImage
 from rangecps.io import Scan
 
 # The FRNet release's GlobalRotScaleTrans of its tta_pipeline.
@@ -63,13 +62,7 @@ class View:
         return affine_scan(scan, *self.affine())
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "negate_x": self.negate_x,
-            "negate_y": self.negate_y,
-            "yaw": self.yaw,
-            "scale": self.scale,
-            "shift": list(self.shift),
-        }
+        return {**asdict(self), "shift": list(self.shift)}
 
 
 def tta_views(n: int, seed: int = 0) -> tuple[View, ...]:
@@ -92,18 +85,19 @@ def view_sample(
     view: View,
     geometry: Geometry,
     encoding: InputEncoding,
-    interpolation: SphericalImage | None = None,
+    added: Scan | None = None,
     point_inputs: bool = False,
     index: int = 0,
     scan_id: str = "",
 ) -> dict:
     """The unlabeled sample of ``scan`` seen through ``view`` (keys of :mod:`rangecps.data.sample`; the per-point
-    arrays always, ``points`` / ``point_valid`` and the interpolated ``extra_*`` keys with ``point_inputs``)."""
+    arrays always, ``points`` / ``point_valid`` and the ``extra_*`` keys of ``added``, the scan's interpolated
+    points, with ``point_inputs``)."""
     moved = view(scan)
     bad = non_finite(moved.points)
     proj = project_scan(moved, geometry, bad)
     image = encoding(moved.points, proj)
-    extra = interpolation_keys(scan, interpolation, geometry, view) if point_inputs else None
+    extra = added_point_keys(added, geometry, view) if point_inputs else None
     n = moved.num_points
     return pack_sample(
         image, np.zeros((geometry.height, geometry.width), np.int64), proj.rows, proj.cols, proj.depth,

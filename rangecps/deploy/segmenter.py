@@ -310,14 +310,10 @@ class Segmenter:
         rings = [ring] if single else (list(ring) if ring is not None else [None] * len(clouds))
         if len(rings) != len(clouds):
             raise ValueError(f"predict: {len(clouds)} scans but {len(rings)} ring arrays")
-        samples = []
-        for i, (p, r) in enumerate(zip(clouds, rings, strict=True)):
-            sample = self.pipeline.sample(p, r, i, f"scan {i}", point_inputs=self.point_model)
-            if self.views:
-                sample["views"] = [
-                    self.pipeline.sample(p, r, i, f"scan {i}", self.point_model, view=v) for v in self.views
-                ]
-            samples.append(sample)
+        samples = [
+            self.pipeline.sample(p, r, i, f"scan {i}", point_inputs=self.point_model, views=self.views)
+            for i, (p, r) in enumerate(zip(clouds, rings, strict=True))
+        ]
         batch = collate(samples)
         if self.views:
             _, _, scans = segment_views(
